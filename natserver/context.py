@@ -7,16 +7,20 @@ opens sockets; the process files in ``natserver/workers/`` fill in ``transport``
 
 from __future__ import annotations
 
+import hashlib
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from natserver.config import Config
+from natserver.errors import SipError
 
 if TYPE_CHECKING:
     from natserver.modules import Module
     from natserver.script import Script
+    from natserver.sip.message import Message
 
 
 class Transport(Protocol):
@@ -71,6 +75,13 @@ class Context:
         self.clock: Callable[[], float] = time.time
         self.mono: Callable[[], float] = time.monotonic
         self.secret = b""                        # random bytes shared by all processes
+        # Modules whose receive-path hooks are overridden, in load order (see set_modules).
+        self.request_hooks: list[Module] = []
+        self.reply_hooks: list[Module] = []
+        self.post_script_hooks: list[Module] = []
+        from natserver import __version__
+        self.server_header = f"natserver ({__version__})".encode() if cfg.server_signature else None
+        self._sl_tag_prefix = b""
         self._myself: set[tuple[str, int]] = set()
         self._myself_any_port: set[str] = set()
         self.refresh_myself()
@@ -78,25 +89,38 @@ class Context:
     def module(self, name: str) -> Module | None:
         return self.modules.get(name)
 
-    def refresh_myself(self) -> None:
-        """Recompute the (host, port) pairs that count as this server (listen + alias)."""
-        pairs = {(h.lower().strip("[]"), p) for h, p in self.cfg.listens()}
-        any_port: set[str] = set()
-        for alias in self.cfg.alias:
-            host = alias.host.lower().strip("[]")
-            if alias.port == 0:
-                any_port.add(host)
-            else:
-                pairs.add((host, alias.port))
-        self._myself = pairs
-        self._myself_any_port = any_port
+    def set_modules(self, modules: dict[str, Module]) -> None:
+        """Install the script's module instances and collect the hooks they override."""
+        from natserver.modules import Module as Base
+        self.modules = modules
+        self.request_hooks = [m for m in modules.values()
+                              if type(m).on_request is not Base.on_request]
+        self.reply_hooks = [m for m in modules.values()
+                            if type(m).on_reply is not Base.on_reply]
+        self.post_script_hooks = [m for m in modules.values()
+                                  if type(m).post_script is not Base.post_script]
 
-    def is_myself(self, host: str, port: int | None) -> bool:
-        """SER check_self(): does host[:port] name one of our listen sockets or aliases?"""
-        host = host.lower().strip("[]")
-        if host in self._myself_any_port:
-            return True
-        return (host, port or 5060) in self._myself
+    @property
+    def sl_tag_prefix(self) -> bytes:
+        """The part of our stateless To-tags that is the same in every process, so an ACK
+        for any worker's reply is recognised by any worker (made on first use)."""
+        if not self._sl_tag_prefix:
+            host, port = self.listen
+            seed = f"natserver-sl {host}:{port}".encode()
+            self._sl_tag_prefix = hashlib.md5(seed).hexdigest()[:16].encode()
+        return self._sl_tag_prefix
+
+    def sl_tag(self, msg: Message) -> bytes:
+        """The To-tag of a stateless reply to ``msg``: the prefix + a per-request part."""
+        try:
+            branch = (msg.via1.branch or "").encode()
+        except SipError:  # a broken Via still gets a tag
+            branch = b""
+        return b"%s.%04x" % (self.sl_tag_prefix, zlib.crc32(branch) & 0xFFFF)
+
+    def is_sl_tag(self, tag: str | None) -> bool:
+        """Does a To-tag belong to one of our stateless replies?"""
+        return bool(tag) and tag.encode().startswith(self.sl_tag_prefix + b".")
 
     @property
     def listen(self) -> tuple[str, int]:

@@ -84,7 +84,8 @@ class Rpc:
 class Module:
     """Base of every module. One instance per loaded module, created at cfg load time.
 
-    Lifecycle: ``__init__(params)`` at compile time (params validated), ``init(ctx)`` once
+    Lifecycle: ``__init__(params)`` at compile time (params validated), ``shm_tables(ctx)``
+    then ``init(ctx)`` once
     in the supervisor before fork (may allocate shared memory, open nothing per-process),
     ``child_init(ctx)`` in every child after fork, ``shutdown(ctx)`` on graceful stop.
     Hooks the receive path calls, in load order, when a module overrides them:
@@ -97,8 +98,16 @@ class Module:
     def __init__(self, params: dict[str, Any]) -> None:
         self.params = params
 
+    def shm_tables(self, ctx: Context) -> dict[str, tuple[int, int, int]]:
+        """Shared tables this module needs: name -> (capacity, key_size, value_size).
+
+        The supervisor creates every module's tables before ``init`` and before fork;
+        the module finds its own as ``ctx.tables[name]``.
+        """
+        return {}
+
     def init(self, ctx: Context) -> None:
-        """Before fork, in the supervisor."""
+        """Before fork, in the supervisor (tables exist by now)."""
 
     def child_init(self, ctx: Context) -> None:
         """After fork, in each child process."""

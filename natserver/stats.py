@@ -1,0 +1,51 @@
+"""Per-process counters: one table of names, a plain object the hot path increments.
+
+Workers add to attributes of a :class:`Stats` (a slotted object: an increment is one
+attribute store) and copy the values into their shared-memory slot once per loop
+iteration, so ``natserverctl stats`` sees every process without the hot path paying
+for shared memory or locks.
+"""
+
+from __future__ import annotations
+
+COUNTERS: tuple[tuple[str, str], ...] = (
+    ("requests", "SIP requests received"),
+    ("replies", "SIP replies received"),
+    ("keepalives", "datagrams shorter than 32 bytes (keepalives) ignored"),
+    ("bad_messages", "messages refused as malformed"),
+    ("errors", "internal errors while processing a message"),
+    ("sent", "datagrams sent"),
+    ("send_errors", "datagrams that could not be sent"),
+    ("sl_replies", "stateless replies sent"),
+    ("sl_acks_absorbed", "ACKs to stateless replies absorbed"),
+    ("fwd_replies", "replies relayed statelessly"),
+    ("tm_created", "transactions created"),
+    ("tm_retransmissions", "request retransmissions absorbed"),
+    ("tm_timeouts", "transactions ended by a timeout (408)"),
+    ("tm_replies_relayed", "replies relayed by transactions"),
+    ("tm_table_full", "transactions refused: table full"),
+    ("registrations", "REGISTERs accepted"),
+    ("auth_challenges", "authentication challenges sent"),
+    ("auth_failures", "credentials that did not verify"),
+    ("natpings", "NAT keepalives sent"),
+    ("rtp_packets", "RTP/RTCP packets relayed"),
+    ("rtp_dropped", "RTP/RTCP packets dropped"),
+)
+
+COUNTER_NAMES: tuple[str, ...] = tuple(name for name, _ in COUNTERS)
+
+
+class Stats:
+    """This process's counters; ``values()`` in COUNTERS order."""
+
+    __slots__ = COUNTER_NAMES
+
+    def __init__(self) -> None:
+        for name in COUNTER_NAMES:
+            setattr(self, name, 0)
+
+    def values(self) -> list[int]:
+        return [getattr(self, name) for name in COUNTER_NAMES]
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in COUNTER_NAMES}

@@ -1,0 +1,158 @@
+"""Run the real natserver in a network namespace of its own (loopback only).
+
+A server under test forwards to addresses it reads from messages; inside a namespace
+that has nothing but ``lo``, a bug can never send a packet off the machine. The test's
+own sockets are created inside the same namespace (``Netns.socket``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the server under test runs in its own network namespace")
+
+
+def run_in_netns(name: str, fn: Callable[[], object]) -> object:
+    """Call ``fn`` in a thread that has entered namespace ``name``; sockets it creates
+    stay in that namespace for life."""
+    result: list[object] = []
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            with open(f"/run/netns/{name}") as fd:
+                if _libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            result.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            error.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+class Netns:
+    """A network namespace with only loopback, removed with everything inside it."""
+
+    def __init__(self, prefix: str = "nst") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"],
+                       check=True)
+
+    def socket(self, kind: int = socket.SOCK_DGRAM, bind: tuple[str, int] | None = ("127.0.0.1", 0),
+               family: int = socket.AF_INET) -> socket.socket:
+        def make() -> socket.socket:
+            sock = socket.socket(family, kind)
+            if bind is not None:
+                sock.bind(bind)
+            return sock
+        return run_in_netns(self.name, make)  # type: ignore[return-value]
+
+    def cmd(self, *args: str) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def destroy(self) -> None:
+        pids = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+LISTEN_RE = re.compile(r"listening on udp:([0-9.]+):(\d+)")
+
+
+class Server:
+    """natserver started with ``-D -E`` from a cfg text, its stderr collected."""
+
+    def __init__(self, ns: Netns, cfg_text: str, tmp: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+        self.ns = ns
+        self.cfg_path = tmp / "natserver.cfg"
+        self.cfg_path.write_text(cfg_text)
+        self.lines: list[str] = []
+        self.host = ""
+        self.port = 0
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            ns.cmd(sys.executable, "-m", "natserver", "-f", str(self.cfg_path), "-D", "-E",
+                   *extra_args),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp))
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            found = LISTEN_RE.search(line)
+            if found and not self._ready.is_set():
+                self.host, self.port = found.group(1), int(found.group(2))
+                self._ready.set()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise AssertionError("natserver did not start:\n" + "\n".join(self.lines[-40:]))
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def log_text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_log(self, pattern: str, timeout: float = 5.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = rx.search(line)
+                if found:
+                    return found
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r}:\n" + self.log_text()[-4000:])
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+        return self.proc.returncode
