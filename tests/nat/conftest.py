@@ -1,0 +1,226 @@
+"""Fixtures for NAT tests: real namespaces, NAT routers, a server, real user agents.
+
+A test asks for `nat_lab` and builds what it needs:
+
+    topo = nat_lab.network([NatMode.MASQ, NatMode.SYMMETRIC])
+    nat_lab.start_server("reference", natping_interval=2)
+    a = nat_lab.baresip("ua1")           # provisioned, started, registered
+    b = nat_lab.pjua("ua2", "--answer")
+
+Teardown runs in the right order (UAs, server, then every namespace, also when the test
+failed) and prints the server's and the UAs' logs when the test failed. At the end of
+the session every namespace this process created is swept, and at its start those of
+dead test processes are.
+
+Server kinds: `SERVER_KINDS` maps a name to (factory, problem-check). "reference" is
+kamailio + rtpengine. natserver's implementation goes where marked below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import netns
+from tests.helpers.baresip import Baresip, UaConfig, baresip_problem
+from tests.helpers.netns import Host, NatMode, RouterSpec, Topology
+from tests.helpers.pjua import PjUa, pjsua2_problem
+from tests.helpers.refserver import RefServer, ServerUnderTest, reference_problem
+
+log = logging.getLogger(__name__)
+
+# Distinct tones, far apart for the Goertzel check; UA number k sends TONES[k - 1].
+TONES = (440, 840, 1240, 1640, 2040, 2440, 2840, 3240)
+
+ServerFactory = Callable[[Path], ServerUnderTest]
+
+SERVER_KINDS: dict[str, tuple[ServerFactory, Callable[[], str | None]]] = {
+    "reference": (lambda workdir: RefServer(workdir), reference_problem),
+    # ---- natserver goes here -------------------------------------------------------
+    # "natserver": (lambda workdir: NatServer(workdir), natserver_problem),
+    # NatServer (tests/helpers/, lead) implements refserver.ServerUnderTest:
+    #   start(topo, host, natping_interval): cfg derived from conf/natserver.cfg with
+    #     listen=<host.ip> and the natping_interval modparam, run as
+    #     topo.spawn(host, [sys.executable, "-m", "natserver", "-f", cfg, "-E"]), then
+    #     refserver.wait_sip_ready(topo, host, host.ip, proc=...)
+    #   provision(user, pw):  natserverctl add <user> <pw>
+    #   registrations():      natserverctl ul show --json  -> [Registration]
+    #   relay_sessions():     natserverctl rtp --json      -> [RelaySession]
+    #   natserver_problem():  a reason when natserver.workers.supervisor cannot import
+}
+
+
+def tone_of(user: str) -> int:
+    """ua1 -> 440, ua2 -> 840, pua1 -> 2840 ...: stable per user name."""
+    digits = "".join(ch for ch in user if ch.isdigit()) or "1"
+    base = 0 if user.startswith("ua") else 5
+    return TONES[(base + int(digits) - 1) % len(TONES)]
+
+
+def skip_unless_nat() -> None:
+    reason = netns.environment_problem()
+    if reason:
+        pytest.skip(reason)
+
+
+@dataclass
+class NatLab:
+    """Everything one NAT test runs; `close()` undoes all of it."""
+
+    tmp: Path
+    topo: Topology | None = None
+    server: ServerUnderTest | None = None
+    uas: list[Baresip | PjUa] = field(default_factory=list)
+    passwords: dict[str, str] = field(default_factory=dict)
+    per_host: dict[str, int] = field(default_factory=dict)
+
+    # ---- network
+    def network(self, routers: Sequence[RouterSpec | NatMode | str] = (NatMode.MASQ,) * 2,
+                public_hosts: int = 1) -> Topology:
+        skip_unless_nat()
+        assert self.topo is None, "one network per test"
+        self.topo = Topology.build(routers, public_hosts)
+        self.topo.up()
+        return self.topo
+
+    # ---- server
+    def start_server(self, kind: str = "reference", *, natping_interval: int = 0) -> ServerUnderTest:
+        assert self.topo is not None, "network() first"
+        factory, problem = SERVER_KINDS[kind]
+        reason = problem()
+        if reason:
+            pytest.skip(reason)
+        self.server = factory(self.tmp / kind)
+        self.server.start(self.topo, self.topo.server, natping_interval=natping_interval)
+        return self.server
+
+    @property
+    def domain(self) -> str:
+        assert self.topo is not None
+        return self.topo.server.ip
+
+    def provision(self, user: str) -> str:
+        """Give `user` a password on the server (before its UA starts)."""
+        assert self.server is not None, "start_server() first"
+        if user not in self.passwords:
+            self.passwords[user] = f"pw-{user}-secret"
+            self.server.provision(user, self.passwords[user])
+        return self.passwords[user]
+
+    # ---- user agents
+    def _slot(self, host: Host) -> int:
+        """0 for the first UA in a namespace (SIP 5060), 1 for the next (5062) ..."""
+        n = self.per_host.get(host.role, 0)
+        self.per_host[host.role] = n + 1
+        return n
+
+    def baresip(self, role: str, *, user: str | None = None, register: bool = True,
+                tone: int | None = None, **config: object) -> Baresip:
+        reason = baresip_problem()
+        if reason:
+            pytest.skip(reason)
+        assert self.topo is not None
+        host = self.topo.host(role)
+        user = user or role
+        n = self._slot(host)
+        cfg = UaConfig(user=user, password=self.provision(user), domain=self.domain,
+                       local_ip=host.ip, tone_hz=tone or tone_of(user),
+                       ctrl_port=4444 + n, sip_port=5060 + n * 2,
+                       rtp_ports=(10000 + 200 * n, 10000 + 200 * n + 100), **config)
+        ua = Baresip(self.topo, host, cfg, self.tmp / f"baresip-{user}")
+        self.uas.append(ua)
+        ua.start()
+        if register:
+            ua.wait_registered()
+        return ua
+
+    def pjua(self, role: str, *args: str, user: str | None = None, register: bool = True,
+             tone: int | None = None, max_secs: float = 45.0) -> PjUa:
+        reason = pjsua2_problem()
+        if reason:
+            pytest.skip(reason)
+        assert self.topo is not None
+        host = self.topo.host(role)
+        user = user or role
+        n = self._slot(host)
+        argv = ["--user", user, "--password", self.provision(user), "--domain", self.domain,
+                "--bind", host.ip, "--port", str(5060 + n * 2),
+                "--rtp-port", str(4000 + 200 * n), "--tone", str(tone or tone_of(user)),
+                "--record", str(self.tmp / f"pjua-{user}.wav"),
+                "--max-secs", str(max_secs), *args]
+        ua = PjUa(self.topo, host, argv)
+        self.uas.append(ua)
+        ua.start()
+        if register:
+            ua.wait_registered()
+        return ua
+
+    # ---- teardown
+    def dump_logs(self) -> str:
+        parts = []
+        if self.server is not None:
+            parts.append(self.server.log_text()[-6000:])
+        for ua in self.uas:
+            if isinstance(ua, Baresip):
+                parts.append(f"--- baresip {ua.config.user}\n{ua.log_text()[-4000:]}")
+            else:
+                parts.append(f"--- pjua {ua.args[1]}\n" + "\n".join(ua.raw[-40:]))
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        errors: list[BaseException] = []
+        for ua in reversed(self.uas):
+            with _collect(errors):
+                ua.stop(timeout=2.0)
+        if self.server is not None:
+            with _collect(errors):
+                self.server.stop()
+        if self.topo is not None:
+            self.topo.down()  # kills whatever a failed stop() left, deletes namespaces
+        if errors:
+            raise errors[0]
+
+
+@contextlib.contextmanager
+def _collect(errors: list[BaseException]) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:  # keep tearing down; the first error is raised at the end
+        errors.append(e)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture
+def nat_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatLab]:
+    lab = NatLab(tmp_path)
+    try:
+        yield lab
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(lab.dump_logs())  # shown in the report's captured teardown output
+        lab.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if netns.environment_problem() is None:
+        netns.sweep_stale()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if netns.environment_problem() is None:
+        left = netns.sweep(netns.run_prefix())
+        if left:
+            log.warning("swept leftover test namespaces: %s", left)
+
