@@ -2,6 +2,9 @@
 
 Flags override the cfg as SER's did: ``-f`` cfg file, ``-c`` check the cfg and exit,
 ``-E`` log to stderr, ``-D`` stay in the foreground, ``-P`` pidfile.
+
+The cfg is parsed and compiled before anything else happens: an error prints
+``file:line:col: message`` and exits 1 with no process, socket or file left behind.
 """
 
 from __future__ import annotations
@@ -16,15 +19,27 @@ from natserver.errors import CfgError
 
 DEFAULT_CFG = "/etc/natserver/natserver.cfg"
 
+EPILOG = """\
+fork=yes in the cfg daemonizes (double fork, setsid, chdir /, stdio to /dev/null,
+pidfile - /run/natserver.pid unless -P or pid_file= says otherwise); -D or -E keep
+the server in the foreground. Unlike SER, where fork=no meant one single process,
+natserver always runs its supervisor and children: fork=no only means "do not
+daemonize". Signals to the supervisor: TERM/INT graceful stop, QUIT fast stop,
+HUP reopen the log targets.
+"""
+
 log = logging.getLogger("natserver")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="natserver", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="natserver", description=__doc__.splitlines()[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-f", dest="cfg", default=DEFAULT_CFG, help="configuration file")
     parser.add_argument("-c", dest="check", action="store_true",
                         help="check the configuration and exit")
-    parser.add_argument("-E", dest="stderr", action="store_true", help="log to stderr")
+    parser.add_argument("-E", dest="stderr", action="store_true",
+                        help="log to stderr (implies -D)")
     parser.add_argument("-D", dest="foreground", action="store_true",
                         help="stay in the foreground (do not daemonize)")
     parser.add_argument("-P", dest="pidfile", default=None, help="pidfile path")
@@ -48,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"{args.cfg}: {exc.strerror}\n")
         return 1
-    for warning in compiled.warnings:
-        sys.stderr.write(f"warning: {warning}\n")
     if args.check:
+        for warning in compiled.warnings:
+            sys.stderr.write(f"warning: {warning}\n")
         sys.stdout.write(f"{args.cfg}: configuration OK\n")
         return 0
     from natserver.workers.supervisor import run

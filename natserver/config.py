@@ -145,6 +145,8 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("pid_file", as_str, "", "pidfile written by the daemon (-P overrides)"),
     GlobalParam("syslog_socket", as_str, "/dev/log", "the syslog socket (tests point it elsewhere)"),
     GlobalParam("ctl_socket", as_str, "", "unix socket path for natserverctl besides the FIFO"),
+    GlobalParam("heartbeat_timeout", _range(1, 3600), 30,
+                "seconds a child may go without a heartbeat before it is killed and respawned"),
 )
 
 GLOBALS_BY_NAME: dict[str, GlobalParam] = {p.name: p for p in GLOBAL_PARAMS}

@@ -115,6 +115,16 @@ class Module:
     def shutdown(self, ctx: Context) -> None:
         """On graceful stop."""
 
+    def timer(self, ctx: Context, now: float) -> float | None:
+        """In the timer process, when overridden: periodic work (tm timers, usrloc
+        expiry and flush). Returns the seconds until the next call; None = 1 s."""
+        return None
+
+    def natping(self, ctx: Context, now: float) -> float | None:
+        """In the natping process, when overridden: send keepalives. Returns the
+        seconds until the next call; None = 1 s."""
+        return None
+
     def on_request(self, m: MsgCtx) -> bool:
         return False
 
