@@ -5,7 +5,7 @@ indexes heartbeats and counters, so a respawned child continues in its predecess
 place. Each slot has exactly one writer at a time, so nothing here takes a lock:
 
 - the child writes its heartbeat (a double, its ``now``) every loop iteration and
-  publishes its counters (a copy of its in-process ``Stats`` values) once per
+  stores its counters (a copy of its in-process ``Stats`` values) once per
   iteration;
 - the supervisor writes the owner pid when it forks the child (:meth:`ProcSlots.claim`)
   and, after reaping it, folds the dead child's counters into a "retired" row and
@@ -19,7 +19,7 @@ torn one (x86-64 and arm64 make aligned 8-byte stores single-copy atomic). Reade
 see one counter of a slot newer than another - fine for statistics.
 
 The counter names are declared once, by the caller (``natserver.stats.COUNTER_NAMES``);
-the order of ``names`` is the order of ``publish`` values.
+the order of ``names`` is the order of ``store`` values.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class SlotWriter:
     def beat(self, now: float) -> None:
         self._hb[self._row + 1] = now
 
-    def publish(self, values: Sequence[int]) -> None:
+    def store(self, values: Sequence[int]) -> None:
         """Store all counters (values in ``names`` order; extra values are an error)."""
         if len(values) > self._count:
             raise ValueError(f"{len(values)} counter values for {self._count} counters")
@@ -94,7 +94,7 @@ class ProcSlots:
     @classmethod
     def create(cls, nslots: int, names: Sequence[str], *,
                shm_name: str | None = None) -> ProcSlots:
-        """Zeroed slots (before fork). ``names``: the counters, in publish order."""
+        """Zeroed slots (before fork). ``names``: the counters, in store order."""
         if nslots < 1:
             raise ValueError("at least one process slot")
         if len(set(names)) != len(names):
@@ -156,18 +156,26 @@ class ProcSlots:
     def beat(self, slot: int, now: float) -> None:
         self._hb[self._base(slot) + 1] = now
 
-    def publish(self, slot: int, values: Sequence[int]) -> None:
-        self.writer(slot).publish(values)
+    def store(self, slot: int, values: Sequence[int]) -> None:
+        """Store ``slot``'s counters (its single writer: the child owning it)."""
+        if len(values) > len(self.names):
+            raise ValueError(f"{len(values)} counter values for {len(self.names)} counters")
+        ctr = self._ctr
+        i = self._base(slot) + _ROW_FIXED
+        for v in values:
+            ctr[i] = v
+            i += 1
 
     # ---- readers --------------------------------------------------------------------
 
-    def owner(self, slot: int) -> int:
+    def pid(self, slot: int) -> int:
+        """The pid owning ``slot`` (0: none)."""
         return self._pid[self._base(slot)]
 
     def heartbeat(self, slot: int) -> float:
         return self._hb[self._base(slot) + 1]
 
-    def read(self, slot: int) -> list[int]:
+    def values(self, slot: int) -> list[int]:
         """One slot's counters, in ``names`` order."""
         start = self._base(slot) + _ROW_FIXED
         return self._ctr[start:start + len(self.names)].tolist()
@@ -180,6 +188,6 @@ class ProcSlots:
         """Every counter summed over all slots and the retired row."""
         sums = self.retired()
         for slot in range(self.nslots):
-            for i, v in enumerate(self.read(slot)):
+            for i, v in enumerate(self.values(slot)):
                 sums[i] += v
         return dict(zip(self.names, sums))
