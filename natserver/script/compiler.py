@@ -98,9 +98,8 @@ class _Compiler:
         return CfgError(self.file, node.line, node.col, message)
 
     def warn(self, node: Any, message: str) -> None:
-        text = f"{self.file}:{node.line}:{node.col}: {message}"
-        self.warnings.append(text)
-        log.warning("%s", text)
+        # Returned in Script.warnings: the caller prints them (logging may not be set up).
+        self.warnings.append(f"{self.file}:{node.line}:{node.col}: {message}")
 
     def where(self, node: Any) -> str:
         return f"{self.file}:{node.line}:{node.col}"
@@ -109,11 +108,12 @@ class _Compiler:
 
     def run(self) -> Compiled:
         items = self.tree.items
+        # In file order, so the first error reported is the first in the text; routes come
+        # after every global (they read max_len) and every module.
         for item in items:
             if isinstance(item, ast.Assign):
                 self.assign(item)
-        for item in items:
-            if isinstance(item, ast.LoadModule):
+            elif isinstance(item, ast.LoadModule):
                 self.loadmodule(item)
             elif isinstance(item, ast.ModParam):
                 self.modparam(item)
@@ -123,7 +123,6 @@ class _Compiler:
         self.recursive = _recursive_routes(blocks)
         bodies: dict[tuple[ast.RouteKind, int], list[Action]] = {}
         returns: set[tuple[ast.RouteKind, int]] = set()
-        # Compiled in file order, so the first error reported is the first in the text.
         for block in blocks:
             self.kind = block.kind
             self.has_return = False
@@ -167,7 +166,8 @@ class _Compiler:
         except ValueError as exc:
             raise self.error(item.modules, str(exc)) from None
         matched = [entry for entry in self.loaded
-                   if regex.search(entry.spec.name.encode()) or regex.search(entry.basename.encode())]
+                   if regex.search(entry.spec.name.encode())
+                   or regex.search(entry.basename.encode())]
         if not matched:
             raise self.error(item.modules,
                              f"modparam: no module loaded so far matches '{item.modules.value}'")

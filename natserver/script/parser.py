@@ -307,7 +307,8 @@ class _Parser:
             op = self.operator(_INT_OPS)
             if self.at(Tok.ID, "max_len"):
                 mtok = self.next()
-                return ast.Compare("msg:len", op, ast.MaxLen(mtok.line, mtok.col), tok.line, tok.col)
+                limit = ast.MaxLen(mtok.line, mtok.col)
+                return ast.Compare("msg:len", op, limit, tok.line, tok.col)
             return ast.Compare("msg:len", op, self.number_value(), tok.line, tok.col)
         if tok.kind is Tok.LBRACE:
             return self.block()

@@ -207,7 +207,7 @@ class _Translator:
         return end + 1
 
     def bracket(self, i: int) -> int:
-        """Translate the bracket expression starting at ``p[i] == "["``; return the index after it."""
+        """Translate the bracket expression at ``p[i] == "["``; return the index after it."""
         p = self.p
         n = len(p)
         j = i + 1

@@ -15,7 +15,7 @@ from natserver.errors import CfgError
 from natserver.modules import RouteType
 from natserver.script import Script, load
 from natserver.script.compiler import EXPR_ERROR
-from tests.unit.cfgmods import finder, msgctx, reply, request
+from tests.unit.cfgmods import REPLY, finder, msgctx, parse_message, reply, request
 
 HEAD = 'loadmodule "/usr/lib/ser/modules/rec.so"\n'
 
@@ -411,6 +411,30 @@ def test_uri_myself():
         assert run(text, request(ruri=ruri), head=head)[1] == expected, ruri
 
 
+def test_from_and_to_uri():
+    text = ('route { if (from_uri == "SIP:alice@example.org") t("from");\n'
+            ' if (to_uri =~ "^sip:bob@") t("to"); if (from_uri != "sip:x@y") t("ne"); }')
+    assert run(text)[1] == ["from", "to", "ne"]
+
+
+def test_from_and_to_uri_myself():
+    head = HEAD + "listen=192.0.2.13\nalias=example.org\n"
+    text = ('route { if (from_uri == myself) t("from"); if (myself == to_uri) t("to");\n'
+            ' if (uri == myself) t("uri"); }')
+    assert run(text, request(ruri=b"sip:bob@example.com"), head=head)[1] == ["from", "to"]
+
+
+def test_method_of_a_reply_with_a_broken_cseq_counts_as_false(caplog):
+    broken = parse_message(REPLY.replace(b"CSeq: 1 %(method)s", b"CSeq: x y")
+                           % {b"status": 200, b"reason": b"OK"})
+    with caplog.at_level(logging.WARNING, logger="natserver.script"):
+        result, trace, _ = run_reply(
+            'onreply_route[1] {\n if (method == "INVITE") t("a"); else t("b");\n'
+            ' if (method != "INVITE") t("c"); else t("d"); }', msg=broken)
+    assert (result, trace) == (1, ["b", "d"])
+    assert "t.cfg:3:6: condition cannot be evaluated (400 Bad CSeq header)" in caplog.text
+
+
 def test_an_element_that_errors_is_false_even_under_not(caplog):
     pytest.importorskip("natserver.sip.uri")
     head = HEAD + "listen=192.0.2.13\n"
@@ -538,3 +562,15 @@ def test_load_refuses_a_file_that_is_not_utf8(tmp_path):
     with pytest.raises(CfgError) as info:
         load(str(path), finder=finder)
     assert (info.value.line, info.value.col) == (2, 9)
+
+
+def test_the_first_error_in_the_text_is_reported():
+    err = cfg_error('loadmodule "nope.so"\ndebug=99\nroute { nope(); }')
+    assert (err.line, err.col) == (2, 12)
+    err = cfg_error('debug=99\nloadmodule "nope.so"')
+    assert (err.line, err.col) == (2, 7)
+
+
+def test_lexer_warnings_reach_the_script():
+    script = compile_cfg("#!define WITH_NAT\nroute { }")
+    assert script.warnings == ["t.cfg:2:1: preprocessor directive '#!define WITH_NAT' ignored"]

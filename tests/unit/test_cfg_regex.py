@@ -27,7 +27,8 @@ def _libc() -> ctypes.CDLL | None:
 LIBC = _libc()
 
 
-def glibc_search(pattern: str, subjects: list[bytes], icase: bool, newline: bool) -> list[bool] | None:
+def glibc_search(pattern: str, subjects: list[bytes], icase: bool,
+                 newline: bool) -> list[bool] | None:
     """regexec results for each subject, or None when regcomp refuses the pattern."""
     assert LIBC is not None
     flags = REG_EXTENDED | (REG_ICASE if icase else 0) | (REG_NEWLINE if newline else 0)

@@ -8,6 +8,7 @@ from typing import Any
 
 from natserver.modules import ModuleSpec, RouteType
 from natserver.script.runtime import MsgCtx
+from natserver.sip.message import Message
 
 NAMES = ("rec", "other")
 
@@ -48,60 +49,29 @@ REPLY = (
 )
 
 
-def real_message_class() -> Any:
-    """natserver.sip.message.Message when that module exists, else None."""
-    try:
-        from natserver.sip.message import Message
-    except ImportError:
-        return None
-    return Message
+def parse_message(buf: bytes) -> Message:
+    return Message.parse(buf)
 
 
-class StandInCSeq:
-    def __init__(self, num: int, method: bytes) -> None:
-        self.num = num
-        self.method = method
-
-
-class StandInMessage:
-    """The attributes the compiler reads (docs/architecture.md), for as long as
-    natserver.sip.message does not exist yet: first line and CSeq, nothing else."""
-
-    def __init__(self, buf: bytes) -> None:
-        self.buf = buf
-        first, _, rest = buf.partition(b"\r\n")
-        parts = first.split(b" ", 2)
-        self.is_request = not first.startswith(b"SIP/2.0 ")
-        if self.is_request:
-            self.method, self.ruri, self.status = parts[0], parts[1], 0
-        else:
-            self.method, self.ruri, self.status = b"", b"", int(parts[1])
-        cseq = [line for line in rest.split(b"\r\n") if line.lower().startswith(b"cseq:")][0]
-        num, method = cseq.split(b":", 1)[1].split()
-        self.cseq = StandInCSeq(int(num), method)
-
-
-def parse_message(buf: bytes) -> Any:
-    cls = real_message_class()
-    return cls.parse(buf) if cls is not None else StandInMessage(buf)
-
-
-def request(method: bytes = b"INVITE", ruri: bytes = b"sip:bob@example.org") -> Any:
+def request(method: bytes = b"INVITE", ruri: bytes = b"sip:bob@example.org") -> Message:
     return parse_message(REQUEST % {b"method": method, b"ruri": ruri})
 
 
-def reply(status: int = 200, method: bytes = b"INVITE", reason: bytes = b"OK") -> Any:
+def reply(status: int = 200, method: bytes = b"INVITE", reason: bytes = b"OK") -> Message:
     return parse_message(REPLY % {b"status": status, b"method": method, b"reason": reason})
 
 
 class StandInContext:
-    """Context.is_myself for as long as natserver.context cannot build one."""
+    """Context.is_myself for as long as natserver.context cannot build one: the listen
+    sockets and the aliases (an alias without a port matches any port)."""
 
-    def __init__(self, names: set[tuple[str, int]]) -> None:
+    def __init__(self, names: set[tuple[str, int]], any_port: set[str]) -> None:
         self.names = names
+        self.any_port = any_port
 
     def is_myself(self, host: str, port: int) -> bool:
-        return (host.lower(), port) in self.names
+        host = host.lower()
+        return host in self.any_port or (host, port) in self.names
 
 
 def context(config: Any) -> Any:
@@ -112,8 +82,8 @@ def context(config: Any) -> Any:
         ctx = Context(config)
     except AttributeError:
         names = {(h.lower(), p) for h, p in config.listens()}
-        names |= {(a.host.lower(), a.port or config.port) for a in config.alias}
-        return StandInContext(names)
+        names |= {(a.host.lower(), a.port) for a in config.alias if a.port}
+        return StandInContext(names, {a.host.lower() for a in config.alias if not a.port})
     return ctx
 
 
