@@ -22,7 +22,7 @@ from typing import Any
 
 from natserver.config import Config
 from natserver.errors import CfgError, SipError
-from natserver.modules import Function, Module, ModuleSpec, RouteType, as_int, module_name
+from natserver.modules import Function, Module, ModuleSpec, Param, RouteType, as_int, module_name
 from natserver.script import ast, core
 from natserver.script.core import Action
 from natserver.script.parser import ROUTE_COUNT
@@ -179,7 +179,7 @@ class _Compiler:
                                  f"module '{entry.spec.name}' has no parameter '{name}'")
             entry.values[name] = self.param_value(entry, param, item.value)
 
-    def param_value(self, entry: _Loaded, param: Any, value: ast.Value) -> Any:
+    def param_value(self, entry: _Loaded, param: Param, value: ast.Value) -> Any:
         raw: Any = value.value
         what = f"parameter '{param.name}' of module '{entry.spec.name}'"
         try:
@@ -392,7 +392,7 @@ class _Compiler:
             def method_matches(m: MsgCtx) -> int:
                 msg = m.msg
                 try:
-                    method = msg.method if msg.is_request else _cseq_method(msg)
+                    method = msg.method if msg.is_request else msg.cseq.method
                 except SipError as exc:
                     return _failed(where, exc)
                 return 1 if rx.search(method) else -1
@@ -403,7 +403,7 @@ class _Compiler:
         def method_is(m: MsgCtx) -> int:
             msg = m.msg
             try:
-                method = msg.method if msg.is_request else _cseq_method(msg)
+                method = msg.method if msg.is_request else msg.cseq.method
             except SipError as exc:
                 return _failed(where, exc)
             # Equal length and case-insensitive (Kamailio), not SER's prefix compare.
@@ -454,23 +454,23 @@ class _Compiler:
                     return _failed(where, exc)
                 return yes if m.ctx.is_myself(uri.host, uri.port or 5060) else no
             return uri_is_myself
-        header = "from_" if left == "from_uri" else "to"
+        header = operator.attrgetter("from_" if left == "from_uri" else "to")
 
         def header_uri_is_myself(m: MsgCtx) -> int:
             try:
-                uri = getattr(m.msg, header).uri
+                uri = header(m.msg).uri
             except SipError as exc:
                 return _failed(where, exc)
             return yes if m.ctx.is_myself(uri.host, uri.port or 5060) else no
         return header_uri_is_myself
 
     def compare_ip(self, node: ast.Compare, op: str) -> Action:
-        attr = "src_ip" if node.left == "src_ip" else "local_ip"
+        ip_of = operator.attrgetter("src_ip" if node.left == "src_ip" else "local_ip")
         right = node.right
         assert isinstance(right, ast.Str)
         if op == "=~":
             rx = self.regex(right)
-            return lambda m: 1 if rx.search(getattr(m, attr).encode()) else -1
+            return lambda m: 1 if rx.search(ip_of(m).encode()) else -1
         yes, no = (1, -1) if op == "==" else (-1, 1)
         text = right.value.replace("[", "").replace("]", "")
         try:
@@ -481,21 +481,16 @@ class _Compiler:
         except ValueError as exc:
             raise self.error(right, f"{node.left} needs an IP address or network: {exc}") from None
         if "/" not in text:
-            return lambda m: yes if getattr(m, attr) == address else no
+            return lambda m: yes if ip_of(m) == address else no
         where = self.where(node)
 
         def in_network(m: MsgCtx) -> int:
             try:
-                inside = ipaddress.ip_address(getattr(m, attr)) in net
+                inside = ipaddress.ip_address(ip_of(m)) in net
             except ValueError as exc:
                 return _failed(where, exc)
             return yes if inside else no
         return in_network
-
-
-def _cseq_method(msg: Any) -> bytes:
-    method = msg.cseq.method
-    return method if isinstance(method, bytes) else method.encode()
 
 
 def _ruri_or_status(m: MsgCtx) -> bytes:

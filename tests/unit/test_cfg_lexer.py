@@ -140,3 +140,9 @@ def test_bad_characters_are_errors_at_their_position(text, line, col):
     assert (err.file, err.line, err.col) == ("t.cfg", line, col)
     assert "unexpected character" in err.message
     assert str(err).startswith(f"t.cfg:{line}:{col}: ")
+
+
+def test_crlf_line_endings():
+    toks = tokenize('a # c\r\n  b("x\\\r\ny")\r\n')
+    assert [(t.value, t.line, t.col) for t in toks if t.kind in (Tok.ID, Tok.STRING)] == [
+        ("a", 1, 1), ("b", 2, 3), ("xy", 2, 5)]
