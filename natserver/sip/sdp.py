@@ -25,6 +25,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from natserver.sip.edits import Edits
 
 MARKER = b"a=nortpproxy:yes"
 DIRECTIONS = (b"sendrecv", b"sendonly", b"recvonly", b"inactive")
@@ -289,6 +293,15 @@ def rewrite_edits(sdp: Sdp, new_ip: str, ports: Sequence[int | None], *,
         edits.append((n, n, tail + MARKER + sdp.eol))
     edits.sort(key=lambda e: (e[0], e[1]))
     return edits
+
+
+def record_edits(edits: Edits, body_start: int, sdp: Sdp, new_ip: str,
+                 ports: Sequence[int | None], *, origin: bool = False,
+                 marker: bool = True) -> None:
+    """Record the rewrite into a message's :class:`~natserver.sip.edits.Edits`
+    (``body_start``: the body's offset in the message)."""
+    for start, end, data in rewrite_edits(sdp, new_ip, ports, origin=origin, marker=marker):
+        edits.replace(body_start + start, body_start + end, data)
 
 
 def apply_edits(body: bytes, edits: Sequence[tuple[int, int, bytes]]) -> bytes:

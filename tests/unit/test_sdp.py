@@ -219,3 +219,13 @@ def test_any_body_parses_or_raises_sdperror(lines, eol):
         return
     out = sdp.rewrite(data, "192.0.2.13", [35000] * len(s.media))
     assert out.count(b"a=nortpproxy:yes") >= 1
+
+
+def test_record_edits_into_a_message_edits():
+    from natserver.sip.edits import Edits
+
+    head = b"INVITE sip:b@x SIP/2.0\r\nContent-Length: %d\r\n\r\n" % len(OFFER)
+    msg = head + OFFER
+    edits = Edits()
+    sdp.record_edits(edits, len(head), sdp.parse(OFFER), "192.0.2.13", [35000])
+    assert edits.apply(msg) == head + sdp.rewrite(OFFER, "192.0.2.13", [35000])
