@@ -100,14 +100,25 @@ def mean_power(samples: Sequence[int]) -> float:
     return sum(x * x for x in samples) / n if n else 0.0
 
 
-def dominant_tone(path: Path | str, candidates: Sequence[int],
-                  max_seconds: float = 2.0) -> ToneResult:
+def dominant_tone(path: Path | str, candidates: Sequence[int], max_seconds: float = 2.0,
+                  block_seconds: float = 0.05) -> ToneResult:
+    """The strongest candidate over short blocks, powers averaged across blocks.
+
+    One long window would need the tone's phase to run on unbroken; a jitter buffer
+    that drops or conceals a frame under load shifts the phase and, over a long window,
+    makes the right tone look weak. 50 ms blocks still separate tones 400 Hz apart."""
     samples, rate = read_samples(path, max_seconds)
-    total = mean_power(samples)
     seconds = len(samples) / rate if rate else 0.0
+    block = max(int(rate * block_seconds), 1)
+    total = 0.0
+    powers = dict.fromkeys(candidates, 0.0)
+    for i in range(0, len(samples) - block + 1, block):
+        chunk = samples[i:i + block]
+        total += mean_power(chunk)
+        for f in candidates:
+            powers[f] += goertzel_power(chunk, rate, f)
     if total < 1.0:  # silence or an empty (44-byte) file: nothing arrived
-        return ToneResult(None, 0.0, seconds, {f: 0.0 for f in candidates})
-    powers = {f: goertzel_power(samples, rate, f) for f in candidates}
+        return ToneResult(None, 0.0, seconds, powers)
     best = max(powers, key=powers.__getitem__)
     return ToneResult(best, powers[best] / total, seconds, powers)
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.helpers.netns import (PORT_RANGE, SERVER_IP, NatMode, RouterSpec, Topology,
-                                 list_namespaces, pids_in, wait_until)
+                                 list_namespaces, pids_in, sweep, wait_until)
 from tests.helpers.refserver import RELAY_PORTS
 from tests.helpers.tonecheck import dominant_tone
 
@@ -118,21 +118,27 @@ def test_topology_nat_behaviour(nat_lab, mode: NatMode) -> None:
     assert sleeper.poll() is not None, "a process survived teardown"
 
 
-def test_teardown_kills_unknown_processes_and_sweeps() -> None:
-    """down() finds processes it did not spawn (they would keep a namespace alive)."""
-    from tests.nat.conftest import skip_unless_nat
-    skip_unless_nat()
-    topo = Topology.build([NatMode.MASQ])
-    try:
-        topo.up()
-        # started outside Topology.spawn, detached: only the /proc scan can find it
-        subprocess.run(["ip", "netns", "exec", topo.host("ua1").ns, "sh", "-c",
-                        "sleep 60 >/dev/null 2>&1 &"], check=True, timeout=5)
-        assert pids_in([topo.host("ua1").ns]), "the detached sleep is not in ua1"
-    finally:
-        topo.down()
+def test_teardown_kills_unknown_processes_and_sweeps(nat_lab) -> None:
+    """down() finds processes it did not spawn (they would keep a namespace alive);
+    sweep() removes a topology nobody took down (what the session end does)."""
+    topo = nat_lab.network([NatMode.MASQ])
+    ua_ns = topo.host("ua1").ns
+    # started outside Topology.spawn and detached: only the /proc scan can find it
+    subprocess.run(["ip", "netns", "exec", ua_ns, "sh", "-c", "sleep 60 >/dev/null 2>&1 &"],
+                   check=True, timeout=5)
+    assert pids_in([ua_ns]), "the detached sleep is not in ua1"
+    topo.down()
     assert list_namespaces(topo.prefix) == []
     assert not pids_in(topo.namespaces)
+
+    orphan = Topology.build([NatMode.SYMMETRIC], public_hosts=0)
+    try:
+        orphan.up()
+        orphan.spawn(orphan.host("ua1"), ["sleep", "60"])
+        assert sweep(orphan.prefix) == sorted(orphan.namespaces)
+        assert list_namespaces(orphan.prefix) == []
+    finally:
+        orphan.down()
 
 
 def test_conntrack_udp_timeout_is_per_router(nat_lab) -> None:
