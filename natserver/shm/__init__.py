@@ -9,8 +9,8 @@ process slots.
 ``Tables.build(specs, *, proc_slots=0, counter_names=(), load_factor=0.75,
 stripes=None, shm_prefix=None) -> Tables`` where ``specs`` maps a table name to
 ``(capacity, key_size, value_size)``; ``capacity`` is how many records the table must
-hold, and each table gets ``capacity / load_factor`` slots (short probe chains, and
-room for stripes filling unevenly). ``tables["location"]`` (or ``tables.get(name)``)
+hold, and each table gets ``capacity / load_factor`` record slots: keys spread over the
+stripes unevenly and a full stripe refuses inserts while others have room. ``tables["location"]`` (or ``tables.get(name)``)
 gives a :class:`Table`, ``tables.procs`` the :class:`ProcSlots` (None without
 ``proc_slots``), ``tables.summary()`` one line per segment for the start-up log,
 ``tables.nbytes`` the total. ``capacities(cfg)`` reads the table sizes from the cfg
@@ -47,7 +47,7 @@ CFG_SIZES: tuple[tuple[str, str], ...] = (
     ("rtp_sessions", "rtp_table_size"),
 )
 
-_STRIPE_TARGET = 256  # slots per stripe the default striping aims for
+_STRIPE_TARGET = 256  # records per stripe the default striping aims for
 _MAX_STRIPES = 128
 
 
@@ -57,10 +57,10 @@ def capacities(cfg: Any) -> dict[str, int]:
 
 
 def default_stripes(slots: int) -> int:
-    """A power of two giving about 256 slots per stripe, between 1 and 128.
+    """A power of two giving about 256 records per stripe, between 1 and 128.
 
-    Stripes bound lock contention and how long a scan holds one lock; a few hundred slots
-    per stripe keep uneven filling of stripes small next to the headroom.
+    Stripes bound lock contention and how long a scan holds one lock; a few hundred
+    records per stripe keep uneven filling of stripes small next to the headroom.
     """
     stripes = 1
     while stripes * 2 <= _MAX_STRIPES and slots // (stripes * 2) >= _STRIPE_TARGET:
@@ -138,7 +138,7 @@ class Tables:
     def summary(self) -> list[str]:
         """One line per segment, then the total (the supervisor logs these at start)."""
         lines = [
-            f"shm table {t.name}: {t.capacity} slots x {t.record_size} B "
+            f"shm table {t.name}: {t.capacity} records x {t.record_size} B "
             f"(key {t.key_size}, value {t.value_size}) in {t.stripes} stripes = "
             f"{_mib(t.nbytes)}"
             for t in self.tables.values()

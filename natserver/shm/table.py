@@ -7,13 +7,15 @@ a precompiled ``struct.Struct``). Several records may share a key (multimap).
 API (``key: bytes``, ``value: bytes`` of ``value_size``; a *handle* is ``(index, gen)``)
 
 - ``Table.create(name, *, capacity, key_size, value_size, stripes, lockset,
-  shm_name=None) -> Table`` - before fork. ``capacity`` is the number of record slots,
-  rounded up to a multiple of ``stripes``. ``shm_name`` maps a named segment
-  (/dev/shm/<shm_name>) instead of an anonymous one, for :meth:`Table.attach`.
+  shm_name=None) -> Table`` - before fork. ``capacity`` is the number of records,
+  rounded up to a multiple of ``stripes``; each stripe holds ``capacity // stripes``.
+  ``shm_name`` maps a named segment (/dev/shm/<shm_name>) instead of an anonymous one,
+  for :meth:`Table.attach`.
 - ``Table.attach(shm_name, lockset) -> Table`` - a standalone tool joins a named table
   (``lockset`` from ``LockSet.open`` of the creator's lock path).
 - ``get(key) -> bytes | None`` - the first record with ``key``.
-- ``get_all(key) -> list[bytes]`` - every record with ``key``, in probe order.
+- ``get_all(key) -> list[bytes]`` - every record with ``key``, oldest first (a repair,
+  below, may reorder them).
 - ``find(key) -> (index, gen) | None`` - the handle of the first record with ``key``.
 - ``put(key, value) -> (index, gen)`` - replace the first record with ``key`` in place
   (handle unchanged) or insert one.
@@ -31,44 +33,53 @@ API (``key: bytes``, ``value: bytes`` of ``value_size``; a *handle* is ``(index,
   the record behind a handle, if it is still the same record.
 - ``scan(pred=None, *, stripes=None) -> Iterator[Entry]``, also ``iter(table)``: every
   valid record as ``Entry(key, value, index, gen)``, stripe by stripe. Each stripe is
-  locked only while it is copied; ``pred(key, value)`` runs on the copy, unlocked.
-  ``stripes`` (an iterable of stripe numbers) scans a slice (natping partitions).
+  locked only while its records are copied; ``pred(key, value)`` runs on the copy,
+  unlocked, and the consumer may modify the table. ``stripes`` (stripe numbers) scans
+  a slice (natping partitions).
 - ``count() -> int``; ``nbytes``; ``stripes``, ``capacity``, ``record_size``;
-  ``check() -> list[str]`` (invariant violations, for tests and ctl); ``close()``.
+  ``check() -> list[str]`` (invariant violations, for tests and ctl); ``stats()``;
+  ``close()``.
 
 Errors: ``ValueError`` for a key longer than ``key_size``, a value of the wrong size or
 a handle index out of range; ``natserver.errors.TableFull(name)`` when the key's stripe
-has no free slot; whatever ``fn``/``pred`` raise (nothing is written then).
-``fn`` and ``pred`` of the key-based calls run under the stripe lock: keep them short
-and never call a table from them (RuntimeError: one stripe lock per process at a time).
+has no free record; whatever ``fn``/``pred`` raise (nothing is written then). ``fn``
+and the ``delete_if`` ``pred`` run under the stripe lock: keep them short and never
+call a table from them (RuntimeError: one stripe lock per process at a time).
 
-Layout. The table is ``stripes`` independent open-addressing regions of
-``capacity // stripes`` slots; stripe *s* is guarded by lock ``lock_base + s`` of the
-LockSet and owns its slots, so a probe chain never leaves its stripe (linear probing,
-wrapping inside the stripe). The hash is ``zlib.crc32(key)`` (stable in every process
-and in tools; ``python -m loadtest.shm_bench`` measures it against blake2b): stripe =
-``h % stripes``, home slot = ``h // stripes % slots_per_stripe``. A stripe that is full
+Layout. A table is ``stripes`` independent parts; stripe *s* is guarded by lock
+``lock_base + s`` of the LockSet and owns ``capacity // stripes`` records plus an index
+of twice as many entries. The hash is ``zlib.crc32(key)`` (stable in every process and
+in tools; ``python -m loadtest.shm_bench`` measures it against blake2b): stripe =
+``h % stripes``, home index entry = ``h // stripes % index_entries``. A full stripe
 raises TableFull even if others have room; give tables headroom (``Tables`` does).
 
-Record (native byte order, 8-byte aligned)::
+Records never move, so a handle stays valid for the record's whole life (the
+transaction layer keeps handles in timers); ``gen`` grows each time a record slot is
+reused, so a stale handle misses. A record (native byte order, 8-byte aligned)::
 
     0 state u8 | 4 crc32 u32 | 8 gen u32 | 12 hash u32 | 16 key length u32 | 20 value | key
 
-``state``: EMPTY, WRITING, VALID, DELETED (tombstone). ``crc`` covers bytes 8 up to the
-end of the key. A write stores WRITING, then the payload, then the crc, then VALID; a
-reader takes WRITING or a bad crc as "absent" and the slot as free, so a writer killed
-half-way never shows a torn record. Each stripe's header holds the pid of the process
-inside a write (0 otherwise); whoever takes the stripe lock next and finds a pid there
-knows the previous holder died mid-write (the kernel released its lock) and repairs the
-stripe first: WRITING and bad-crc slots become tombstones and the count is recomputed.
-A record being replaced in place when its writer died is lost, never half-visible.
+``state`` is EMPTY, WRITING or VALID; ``crc`` covers bytes 8 up to the end of the key.
+A write stores WRITING, then the payload, then the crc, then VALID; a reader takes
+WRITING or a bad crc as "absent" and the record slot as free, so a writer killed
+half-way never shows a torn record. A new record goes to the first free record slot
+after a per-stripe cursor.
 
-Deletion uses tombstones, not backward shift: records never move, so a handle stays
-valid for the record's whole life (the transaction layer keeps handles in timers), and
-a delete is one byte store, which a kill cannot tear. Probes skip tombstones, inserts
-reuse the first one on their path, and a tombstone followed by an EMPTY slot is turned
-back into EMPTY together with the tombstones before it, so chains shrink from their
-end. ``gen`` grows each time a slot receives a new record, so a stale handle misses.
+The index is linear probing over 8-byte entries ``(hash u32, record index + 1 u32)``
+(0: empty), at most half full, so probes are short and compare the stored hash before
+touching a record. Deletion shifts the following entries of the cluster back (Knuth's
+algorithm R) instead of leaving tombstones, which under steady insert/delete churn
+would fill every empty entry and turn each miss into a full-stripe scan; the shift
+keeps the order of records of one key, so ``get_all`` lists them oldest first.
+
+Dying inside. Each stripe's header holds the pid of the process inside a write (0
+otherwise). Whoever takes the stripe lock next and finds a pid there knows the previous
+holder died mid-write (the kernel released its lock) and repairs the stripe first:
+records that are WRITING or fail their checksum are freed, and the index and count are
+rebuilt from the records, which are the only truth. A lookup that meets a torn record
+(which only a scribble can leave without the pid) repairs the stripe the same way. A
+record that was being replaced in place when its writer died is lost, never
+half-visible; a record written completely but not yet indexed reappears.
 """
 
 from __future__ import annotations
@@ -90,23 +101,24 @@ log = logging.getLogger("natserver.shm")
 
 
 class SlotState(enum.IntEnum):
+    """State byte of a record slot."""
+
     EMPTY = 0
     WRITING = 1
     VALID = 2
-    DELETED = 3
 
 
 # Plain ints for the hot paths (IntEnum comparisons cost more).
 _EMPTY = int(SlotState.EMPTY)
 _WRITING = int(SlotState.WRITING)
 _VALID = int(SlotState.VALID)
-_DELETED = int(SlotState.DELETED)
 
-MAGIC = b"NSHMTBL1"
+MAGIC = b"NSHMTBL2"
 # magic, capacity, stripes, key size, value size, record size, first lock, name length, name
 _HEADER = struct.Struct("=8sIIIIIII32s")
 _HEADER_SIZE = 128
-_STRIPE_WORDS = 4  # u32 per stripe header: writer pid, record count, 2 spare
+_STRIPE_WORDS = 4  # u32 per stripe header: writer pid, record count, free cursor, spare
+_INDEX_FACTOR = 2  # index entries per record
 _REC = struct.Struct("=III")  # gen, hash, key length at record offset 8
 _VALUE = 20  # value offset in a record; the key follows the value
 _MAX_GEN = 0xFFFFFFFF
@@ -173,13 +185,15 @@ def unlink_segment(shm_name: str) -> None:
 class Table:
     """A fixed-capacity shared hash table; see the module docstring for the API.
 
-    Internally a record is addressed by its byte offset ``o`` in the mapping; word
-    ``(o >> 2) + k`` of the u32 view is the record's field at byte ``4 * k``.
+    Inside, a record is addressed by its byte offset ``o`` in the mapping (word
+    ``(o >> 2) + k`` of the u32 view is its field at byte ``4 * k``) and an index entry
+    by its word number ``e`` (``e``: hash, ``e + 1``: record index + 1).
     """
 
     __slots__ = (
         "name", "capacity", "stripes", "key_size", "value_size", "record_size",
-        "shm_name", "_locks", "_lock_base", "_m", "_w", "_n", "_sh", "_off", "_ko",
+        "shm_name", "_locks", "_lock_base", "_m", "_w", "_n", "_isz", "_sh", "_ix", "_off",
+        "_ko",
     )
 
     def __init__(self, m: mmap.mmap, lockset: LockSet, shm_name: str | None) -> None:
@@ -200,9 +214,11 @@ class Table:
         view = memoryview(m)
         self._w = view.cast("I")
         view.release()
-        self._n = capacity // stripes  # slots per stripe
-        self._sh = _HEADER_SIZE // 4  # word index of stripe 0's header
-        self._off = _align(_HEADER_SIZE + 4 * _STRIPE_WORDS * stripes, 64)
+        self._n = capacity // stripes  # records per stripe
+        self._isz = self._n * _INDEX_FACTOR  # index entries per stripe
+        self._sh = _HEADER_SIZE // 4  # word of stripe 0's header
+        self._ix = self._sh + _STRIPE_WORDS * stripes  # word of stripe 0's index
+        self._off = _align(4 * (self._ix + 2 * self._isz * stripes), 64)  # record 0
         self._ko = _VALUE + value_size  # key offset in a record
 
     # ---- construction -------------------------------------------------------------
@@ -217,8 +233,8 @@ class Table:
             raise ValueError("key_size must be 1..65535 and value_size >= 0")
         capacity = _align(capacity, stripes)
         record_size = _align(_VALUE + value_size + key_size, 8)
-        offset = _align(_HEADER_SIZE + 4 * _STRIPE_WORDS * stripes, 64)
-        return capacity, record_size, offset + capacity * record_size
+        words = _HEADER_SIZE // 4 + _STRIPE_WORDS * stripes + 2 * _INDEX_FACTOR * capacity
+        return capacity, record_size, _align(4 * words, 64) + capacity * record_size
 
     @classmethod
     def create(cls, name: str, *, capacity: int, key_size: int, value_size: int,
@@ -268,9 +284,10 @@ class Table:
                                f"process holds lock {locks.held} (nested table call?)")
         lockf(locks.fd, LOCK_EX, 1, self._lock_base + s)
         locks.held = self._lock_base + s
-        if self._w[self._sh + s * _STRIPE_WORDS]:
+        dead = self._w[self._sh + s * _STRIPE_WORDS]
+        if dead:
             try:
-                self._repair(s)
+                self._repair(s, f"pid {dead} died while writing")
             except BaseException:
                 self._unlock(s)
                 raise
@@ -280,8 +297,8 @@ class Table:
         locks.held = -1
         lockf(locks.fd, LOCK_UN, 1, self._lock_base + s)
 
-    def _lock_key(self, key: bytes) -> tuple[int, int, int]:
-        """Hash ``key`` and lock its stripe: ``(hash, stripe, offset of the home slot)``.
+    def _lock_key(self, key: bytes) -> tuple[int, int]:
+        """Hash ``key`` and lock its stripe: ``(hash, stripe)``.
 
         ValueError for a key longer than ``key_size`` (nothing locked then).
         """
@@ -289,97 +306,154 @@ class Table:
             raise ValueError(f"key of {len(key)} bytes longer than {self.key_size} "
                              f"(table {self.name})")
         h = crc32(key)
-        stripes = self.stripes
-        s = h % stripes
+        s = h % self.stripes
         self._lock(s)
-        n = self._n
-        return h, s, self._off + (s * n + h // stripes % n) * self.record_size
+        return h, s
 
     def _check_value(self, value: bytes) -> None:
         if len(value) != self.value_size:
             raise ValueError(f"value of {len(value)} bytes, table {self.name} "
                              f"needs {self.value_size}")
 
-    # ---- probing and writing (the caller holds the stripe lock) ---------------------
+    # ---- index and records (the caller holds the stripe lock) -----------------------
 
-    def _first(self, s: int, o: int, h: int, key: bytes) -> tuple[int, int]:
-        """From home offset ``o``: ``(offset of the first valid record with key or -1,
-        offset of the first free slot on the way or -1)``. The free slot is where an
-        insert of ``key`` goes; a record failing its checksum counts as free."""
+    def _home(self, s: int, h: int) -> int:
+        """Word of the home index entry of hash ``h`` in stripe ``s``."""
+        return self._ix + 2 * (s * self._isz + h // self.stripes % self._isz)
+
+    def _first(self, s: int, h: int, key: bytes) -> tuple[int, int]:
+        """``(offset of the first valid record with key or -1, index word where the probe
+        ended)``; after a miss that word is the empty entry an insert of ``key`` uses."""
         m = self._m
         w = self._w
+        off = self._off
         rsz = self.record_size
         kl = len(key)
         ko = self._ko
-        start = self._off + s * self._n * rsz
-        end = start + self._n * rsz
-        free = -1
-        for _ in range(self._n):
-            st = m[o]
-            if st == _VALID:
+        start = self._ix + 2 * s * self._isz
+        end = start + 2 * self._isz
+        e = start + 2 * (h // self.stripes % self._isz)
+        for _ in range(self._isz):  # ends sooner: the index is at most half full
+            r = w[e + 1]
+            if not r:
+                return -1, e
+            if w[e] == h:
+                o = off + (r - 1) * rsz
                 ow = o >> 2
-                if w[ow + 3] == h and w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
-                    if crc32(m[o + 8:o + ko + kl]) == w[ow + 1]:
-                        return o, free
-                    self._discard(s, o)
-                    if free < 0:
-                        free = o
-            elif st == _EMPTY:
-                return -1, (o if free < 0 else free)
-            elif free < 0:
-                free = o
-            o += rsz
-            if o == end:
-                o = start
-        return -1, free
+                if w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
+                    if m[o] == _VALID and crc32(m[o + 8:o + ko + kl]) == w[ow + 1]:
+                        return o, e
+                    self._repair(s, f"record {r - 1} is torn")
+                    return self._first(s, h, key)  # the rebuilt index has no torn record
+            e += 2
+            if e == end:
+                e = start
+        return -1, e  # only with a scribbled index: _append then refuses
 
-    def _matches(self, s: int, o: int, h: int, key: bytes) -> list[int]:
-        """Offsets of every valid record with ``key``, in probe order from ``o``."""
+    def _matches(self, s: int, h: int, key: bytes) -> list[int]:
+        """Offsets of every valid record with ``key``, oldest first."""
         m = self._m
         w = self._w
+        off = self._off
         rsz = self.record_size
         kl = len(key)
         ko = self._ko
-        start = self._off + s * self._n * rsz
-        end = start + self._n * rsz
+        start = self._ix + 2 * s * self._isz
+        end = start + 2 * self._isz
+        e = start + 2 * (h // self.stripes % self._isz)
         found = []
-        for _ in range(self._n):
-            st = m[o]
-            if st == _EMPTY:
+        for _ in range(self._isz):
+            r = w[e + 1]
+            if not r:
                 break
-            if st == _VALID:
+            if w[e] == h:
+                o = off + (r - 1) * rsz
                 ow = o >> 2
-                if w[ow + 3] == h and w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
-                    if crc32(m[o + 8:o + ko + kl]) == w[ow + 1]:
-                        found.append(o)
-                    else:
-                        self._discard(s, o)
-            o += rsz
-            if o == end:
-                o = start
+                if w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
+                    if m[o] != _VALID or crc32(m[o + 8:o + ko + kl]) != w[ow + 1]:
+                        self._repair(s, f"record {r - 1} is torn")
+                        return self._matches(s, h, key)
+                    found.append(o)
+            e += 2
+            if e == end:
+                e = start
         return found
 
-    def _free_slot(self, s: int, o: int) -> int:
-        """Offset of the first slot that is not VALID from home ``o``; -1 if none."""
+    def _append(self, s: int, h: int, e: int, r: int) -> None:
+        """Index record ``r`` (table-wide number) at the first empty entry from ``e``."""
+        w = self._w
+        start = self._ix + 2 * s * self._isz
+        end = start + 2 * self._isz
+        for _ in range(self._isz):
+            if not w[e + 1]:
+                w[e] = h
+                w[e + 1] = r + 1
+                return
+            e += 2
+            if e == end:
+                e = start
+        raise TableFull(self.name)  # cannot happen unless the index was scribbled on
+
+    def _unindex(self, s: int, o: int) -> None:
+        """Drop the index entry of the record at ``o``, shifting its cluster back."""
+        w = self._w
+        isz = self._isz
+        stripes = self.stripes
+        start = self._ix + 2 * s * isz
+        end = start + 2 * isz
+        r = (o - self._off) // self.record_size + 1
+        e = self._home(s, w[(o >> 2) + 3])
+        for _ in range(isz):
+            if w[e + 1] == r:
+                break
+            e += 2
+            if e == end:
+                e = start
+        else:
+            return  # not indexed (a repair dropped it already)
+        hole = e
+        for _ in range(isz):
+            e += 2
+            if e == end:
+                e = start
+            if not w[e + 1]:
+                break
+            home = start + 2 * (w[e] // stripes % isz)
+            # the entry at e may fill the hole unless its home lies in (hole, e]
+            if (hole < home <= e) if hole <= e else (home > hole or home <= e):
+                continue
+            w[hole] = w[e]
+            w[hole + 1] = w[e + 1]
+            hole = e
+        w[hole] = 0
+        w[hole + 1] = 0
+
+    def _free_record(self, s: int) -> int:
+        """Offset of a free record slot of stripe ``s`` (from its cursor); -1 if full."""
         m = self._m
+        w = self._w
+        n = self._n
         rsz = self.record_size
-        start = self._off + s * self._n * rsz
-        end = start + self._n * rsz
-        for _ in range(self._n):
+        first = self._off + s * n * rsz
+        cursor = w[self._sh + s * _STRIPE_WORDS + 2]
+        i = cursor if cursor < n else 0
+        for _ in range(n):
+            o = first + i * rsz
             if m[o] != _VALID:
                 return o
-            o += rsz
-            if o == end:
-                o = start
+            i += 1
+            if i == n:
+                i = 0
         return -1
 
-    def _insert(self, s: int, o: int, h: int, key: bytes, value: bytes) -> int:
-        """Write a new record into the free slot at ``o``; returns its generation."""
+    def _insert(self, s: int, o: int, e: int, h: int, key: bytes, value: bytes) -> int:
+        """Write a new record at free slot ``o`` and index it from word ``e``; its gen."""
         m = self._m
         w = self._w
         ow = o >> 2
         ko = o + self._ko
-        gen = w[ow + 2] + 1  # the slot keeps its last generation when freed
+        r = (o - self._off) // self.record_size
+        gen = w[ow + 2] + 1  # a slot keeps its last generation when freed
         if gen > _MAX_GEN:
             gen = 1
         hdr = self._sh + s * _STRIPE_WORDS
@@ -390,7 +464,9 @@ class Table:
         m[ko:ko + len(key)] = key
         w[ow + 1] = crc32(m[o + 8:ko + len(key)])
         m[o] = _VALID
+        self._append(s, h, e, r)
         w[hdr + 1] += 1
+        w[hdr + 2] = r - s * self._n + 1
         w[hdr] = 0
         return gen
 
@@ -409,38 +485,14 @@ class Table:
         w[hdr] = 0
 
     def _remove(self, s: int, o: int) -> None:
-        """Delete the valid record at ``o``."""
+        """Delete the record at ``o``: free its slot, drop its index entry."""
         w = self._w
         hdr = self._sh + s * _STRIPE_WORDS
         w[hdr] = self._locks.pid
-        self._free(s, o)
+        self._m[o] = _EMPTY
+        self._unindex(s, o)
         w[hdr + 1] -= 1
         w[hdr] = 0
-
-    def _free(self, s: int, o: int) -> None:
-        """Free the slot at ``o``: EMPTY if the next slot is EMPTY (and so are the
-        tombstones right before it), else a tombstone that keeps probe chains whole."""
-        m = self._m
-        rsz = self.record_size
-        n = self._n
-        start = self._off + s * n * rsz
-        end = start + n * rsz
-        nxt = o + rsz
-        if m[start if nxt == end else nxt] != _EMPTY:
-            m[o] = _DELETED
-            return
-        m[o] = _EMPTY
-        for _ in range(n - 1):
-            o = (o if o != start else end) - rsz
-            if m[o] != _DELETED:
-                return
-            m[o] = _EMPTY
-
-    def _discard(self, s: int, o: int) -> None:
-        """A VALID record with a bad checksum: free it, as if deleted."""
-        log.warning("table %s: record %d fails its checksum; discarded",
-                    self.name, (o - self._off) // self.record_size)
-        self._remove(s, o)
 
     def _intact(self, o: int) -> bool:
         """Is the VALID-marked record at ``o`` whole (key length sane, checksum right)?"""
@@ -450,114 +502,111 @@ class Table:
         return kl <= self.key_size and \
             crc32(self._m[o + 8:o + self._ko + kl]) == w[ow + 1]
 
-    def _repair(self, s: int) -> None:
-        """Stripe ``s``'s last writer died inside (its pid is still in the header):
-        free half-written and corrupt records, recount, trim tombstones at chain ends."""
+    def _repair(self, s: int, why: str) -> None:
+        """Make stripe ``s`` consistent again after a writer died inside it (its pid is
+        still in the header) or a torn record was met: free records that are WRITING or
+        fail their checksum, rebuild the index and the count from the records."""
         m = self._m
         w = self._w
-        rsz = self.record_size
         n = self._n
-        start = self._off + s * n * rsz
-        end = start + n * rsz
+        rsz = self.record_size
         hdr = self._sh + s * _STRIPE_WORDS
-        dead = w[hdr]
+        w[hdr] = self._locks.pid  # dying in here leaves the stripe flagged again
+        start = self._ix + 2 * s * self._isz
+        m[4 * start:4 * (start + 2 * self._isz)] = bytes(8 * self._isz)
         count = dropped = 0
-        empty = -1
-        for o in range(start, end, rsz):
+        first = self._off + s * n * rsz
+        for i in range(n):
+            o = first + i * rsz
             st = m[o]
             if st == _VALID and self._intact(o):
+                h = w[(o >> 2) + 3]
+                self._append(s, h, self._home(s, h), s * n + i)
                 count += 1
-            elif st == _EMPTY:
-                empty = o
-            elif st != _DELETED:  # WRITING, a torn VALID, or a byte that is no state
-                m[o] = _DELETED
+            elif st != _EMPTY:  # WRITING, a torn VALID, or a byte that is no state
+                m[o] = _EMPTY
                 dropped += 1
-        if empty >= 0:  # one backward pass from an EMPTY slot trims every chain's tail
-            after_empty = True
-            o = empty
-            for _ in range(n - 1):
-                o = (o if o != start else end) - rsz
-                st = m[o]
-                if st == _DELETED and after_empty:
-                    m[o] = _EMPTY
-                else:
-                    after_empty = st == _EMPTY
         w[hdr + 1] = count
         w[hdr] = 0
-        log.warning("table %s stripe %d: pid %d died while writing; repaired "
-                    "(%d records kept, %d torn dropped)", self.name, s, dead, count, dropped)
+        log.warning("table %s stripe %d repaired (%s): %d records kept, %d torn dropped",
+                    self.name, s, why, count, dropped)
 
     def _at(self, index: int) -> tuple[int, int]:
-        """``(stripe, offset)`` of slot ``index``."""
+        """``(stripe, offset)`` of record slot ``index``."""
         if not 0 <= index < self.capacity:
             raise ValueError(f"record index {index} out of range for table {self.name}")
         return index // self._n, self._off + index * self.record_size
 
-    def _value_at(self, o: int, gen: int) -> bytes | None:
+    def _value_at(self, s: int, o: int, gen: int) -> bytes | None:
         """The value at ``o`` if it is an intact record of generation ``gen``."""
-        if self._m[o] != _VALID or self._w[(o >> 2) + 2] != gen or not self._intact(o):
+        if self._m[o] != _VALID or self._w[(o >> 2) + 2] != gen:
+            return None
+        if not self._intact(o):
+            self._repair(s, f"record {(o - self._off) // self.record_size} is torn")
             return None
         return self._m[o + _VALUE:o + self._ko]
 
     def _handle(self, o: int) -> tuple[int, int]:
         return (o - self._off) // self.record_size, self._w[(o >> 2) + 2]
 
+    def _new(self, s: int, e: int, h: int, key: bytes, value: bytes) -> tuple[int, int]:
+        """Insert a record (index probe from ``e``); its handle; TableFull if no room."""
+        o = self._free_record(s)
+        if o < 0:
+            raise TableFull(self.name)
+        return (o - self._off) // self.record_size, self._insert(s, o, e, h, key, value)
+
     # ---- key operations -------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            o = self._first(s, o, h, key)[0]
+            o = self._first(s, h, key)[0]
             return None if o < 0 else self._m[o + _VALUE:o + self._ko]
         finally:
             self._unlock(s)
 
     def get_all(self, key: bytes) -> list[bytes]:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
             m = self._m
             ko = self._ko
-            return [m[o + _VALUE:o + ko] for o in self._matches(s, o, h, key)]
+            return [m[o + _VALUE:o + ko] for o in self._matches(s, h, key)]
         finally:
             self._unlock(s)
 
     def find(self, key: bytes) -> tuple[int, int] | None:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            o = self._first(s, o, h, key)[0]
+            o = self._first(s, h, key)[0]
             return None if o < 0 else self._handle(o)
         finally:
             self._unlock(s)
 
     def put(self, key: bytes, value: bytes) -> tuple[int, int]:
         self._check_value(value)
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            o, free = self._first(s, o, h, key)
+            o, e = self._first(s, h, key)
             if o >= 0:
                 self._rewrite(s, o, value)
                 return self._handle(o)
-            if free < 0:
-                raise TableFull(self.name)
-            return (free - self._off) // self.record_size, self._insert(s, free, h, key, value)
+            return self._new(s, e, h, key, value)
         finally:
             self._unlock(s)
 
     def add(self, key: bytes, value: bytes) -> tuple[int, int]:
         self._check_value(value)
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            free = self._free_slot(s, o)
-            if free < 0:
-                raise TableFull(self.name)
-            return (free - self._off) // self.record_size, self._insert(s, free, h, key, value)
+            return self._new(s, self._home(s, h), h, key, value)
         finally:
             self._unlock(s)
 
     def delete(self, key: bytes) -> bool:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            o = self._first(s, o, h, key)[0]
+            o = self._first(s, h, key)[0]
             if o < 0:
                 return False
             self._remove(s, o)
@@ -566,12 +615,12 @@ class Table:
             self._unlock(s)
 
     def delete_if(self, key: bytes, pred: Callable[[bytes], bool]) -> int:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
             m = self._m
             ko = self._ko
             done = 0
-            for o in self._matches(s, o, h, key):
+            for o in self._matches(s, h, key):
                 if pred(m[o + _VALUE:o + ko]):
                     self._remove(s, o)
                     done += 1
@@ -580,9 +629,9 @@ class Table:
             self._unlock(s)
 
     def update(self, key: bytes, fn: Callable[[bytes | None], bytes | None]) -> bytes | None:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
-            o, free = self._first(s, o, h, key)
+            o, e = self._first(s, h, key)
             if o >= 0:
                 old = self._m[o + _VALUE:o + self._ko]
                 new = fn(old)
@@ -595,20 +644,18 @@ class Table:
             new = fn(None)
             if new is not None:
                 self._check_value(new)
-                if free < 0:
-                    raise TableFull(self.name)
-                self._insert(s, free, h, key, new)
+                self._new(s, e, h, key, new)
             return new
         finally:
             self._unlock(s)
 
     def update_all(self, key: bytes, fn: Callable[[bytes], bytes | None]) -> list[bytes]:
-        h, s, o = self._lock_key(key)
+        h, s = self._lock_key(key)
         try:
             m = self._m
             ko = self._ko
             kept: list[bytes] = []
-            for o in self._matches(s, o, h, key):
+            for o in self._matches(s, h, key):
                 old = m[o + _VALUE:o + ko]
                 new = fn(old)
                 if new is None:
@@ -628,7 +675,7 @@ class Table:
         s, o = self._at(index)
         self._lock(s)
         try:
-            return self._value_at(o, gen)
+            return self._value_at(s, o, gen)
         finally:
             self._unlock(s)
 
@@ -637,7 +684,7 @@ class Table:
         s, o = self._at(index)
         self._lock(s)
         try:
-            old = self._value_at(o, gen)
+            old = self._value_at(s, o, gen)
             if old is None:
                 return None
             new = fn(old)
@@ -654,7 +701,7 @@ class Table:
         s, o = self._at(index)
         self._lock(s)
         try:
-            if self._value_at(o, gen) is None:
+            if self._value_at(s, o, gen) is None:
                 return False
             self._remove(s, o)
             return True
@@ -672,10 +719,10 @@ class Table:
         for s in range(self.stripes) if stripes is None else stripes:
             if not 0 <= s < self.stripes:
                 raise ValueError(f"stripe {s} out of range for table {self.name}")
-            start = self._off + s * n * rsz
+            first = self._off + s * n * rsz
             self._lock(s)
             try:
-                chunk = self._m[start:start + n * rsz]
+                chunk = self._m[first:first + n * rsz]
             finally:
                 self._unlock(s)
             found = []
@@ -713,55 +760,82 @@ class Table:
     def check(self) -> list[str]:
         """Invariant violations (empty list: consistent). Locks each stripe in turn."""
         problems: list[str] = []
-        m = self._m
-        w = self._w
-        rsz = self.record_size
-        n = self._n
-        ko = self._ko
         for s in range(self.stripes):
-            start = self._off + s * n * rsz
             self._lock(s)
             try:
-                valid = 0
-                for i in range(n):
-                    o = start + i * rsz
-                    st = m[o]
-                    where = f"table {self.name} slot {s * n + i}"
-                    if st not in (_EMPTY, _VALID, _DELETED):
-                        problems.append(f"{where}: state {st}")
-                    if st != _VALID:
-                        continue
-                    valid += 1
-                    if not self._intact(o):
-                        problems.append(f"{where}: bad checksum")
-                        continue
-                    ow = o >> 2
-                    h = w[ow + 3]
-                    if h != crc32(m[o + ko:o + ko + w[ow + 4]]):
-                        problems.append(f"{where}: stored hash does not match the key")
-                    if h % self.stripes != s:
-                        problems.append(f"{where}: key belongs to stripe {h % self.stripes}")
-                    j = h // self.stripes % n
-                    while j != i:  # nothing EMPTY between home and the record
-                        if m[start + j * rsz] == _EMPTY:
-                            problems.append(f"{where}: unreachable from home {s * n + j}")
-                            break
-                        j = j + 1 if j + 1 < n else 0
-                counted = w[self._sh + s * _STRIPE_WORDS + 1]
-                if valid != counted:
-                    problems.append(f"table {self.name} stripe {s}: count {counted} "
-                                    f"but {valid} valid records")
+                self._check_stripe(s, problems)
             finally:
                 self._unlock(s)
         return problems
 
-    def stats(self) -> dict[str, int]:
-        """Slot states over the whole table (an unlocked snapshot, for ctl/diagnostics)."""
+    def _check_stripe(self, s: int, problems: list[str]) -> None:
         m = self._m
+        w = self._w
+        n = self._n
+        isz = self._isz
+        rsz = self.record_size
+        ko = self._ko
+        start = self._ix + 2 * s * isz
+        where = f"table {self.name} stripe {s}"
+        valid = set()
+        for i in range(n):
+            o = self._off + (s * n + i) * rsz
+            st = m[o]
+            if st not in (_EMPTY, _VALID):
+                problems.append(f"{where} record {s * n + i}: state {st}")
+            elif st == _VALID:
+                if not self._intact(o):
+                    problems.append(f"{where} record {s * n + i}: bad checksum")
+                    continue
+                ow = o >> 2
+                if w[ow + 3] != crc32(m[o + ko:o + ko + w[ow + 4]]):
+                    problems.append(f"{where} record {s * n + i}: hash does not match key")
+                elif w[ow + 3] % self.stripes != s:
+                    problems.append(f"{where} record {s * n + i}: key of another stripe")
+                valid.add(s * n + i)
+        indexed = set()
+        used = 0
+        for j in range(isz):
+            e = start + 2 * j
+            r = w[e + 1]
+            if not r:
+                continue
+            used += 1
+            r -= 1
+            if r in indexed:
+                problems.append(f"{where}: record {r} indexed twice")
+            indexed.add(r)
+            if r not in valid:
+                problems.append(f"{where}: index entry {j} -> record {r}, not a valid one")
+                continue
+            if w[e] != w[((self._off + r * rsz) >> 2) + 3]:
+                problems.append(f"{where}: index entry {j} has the wrong hash")
+            k = w[e] // self.stripes % isz
+            while k != j:  # nothing empty between the home entry and this one
+                if not w[start + 2 * k + 1]:
+                    problems.append(f"{where}: index entry {j} unreachable from home {k}")
+                    break
+                k = k + 1 if k + 1 < isz else 0
+        for r in sorted(valid - indexed):
+            problems.append(f"{where}: record {r} is not indexed")
+        counted = w[self._sh + s * _STRIPE_WORDS + 1]
+        if counted != len(valid):
+            problems.append(f"{where}: count {counted} but {len(valid)} valid records")
+
+    def stats(self) -> dict[str, int]:
+        """Record states and the longest index probe (unlocked snapshot, for ctl)."""
+        m = self._m
+        w = self._w
         rsz = self.record_size
         states = [0] * 256
         for o in range(self._off, self._off + self.capacity * rsz, rsz):
             states[m[o]] += 1
-        return {"capacity": self.capacity, "valid": states[_VALID],
-                "deleted": states[_DELETED], "empty": states[_EMPTY],
-                "writing": states[_WRITING], "nbytes": self.nbytes}
+        longest = 0
+        isz = self._isz
+        for s in range(self.stripes):
+            start = self._ix + 2 * s * isz
+            for j in range(isz):
+                if w[start + 2 * j + 1]:
+                    longest = max(longest, (j - w[start + 2 * j] // self.stripes % isz) % isz + 1)
+        return {"capacity": self.capacity, "valid": states[_VALID], "empty": states[_EMPTY],
+                "writing": states[_WRITING], "longest_probe": longest, "nbytes": self.nbytes}
