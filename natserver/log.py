@@ -74,6 +74,26 @@ def setup(debug: int, *, to_stderr: bool, facility: str = "LOG_DAEMON",
     root.setLevel(python_level(debug))
 
 
+class NonBlockingSysLogHandler(logging.handlers.SysLogHandler):
+    """A SysLogHandler that never blocks its process: when the syslog socket's queue is
+    full (a stalled syslog daemon; Linux queues only ~10 datagrams on a unix socket),
+    the line is dropped and counted instead of stopping a worker or the supervisor."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.dropped = 0
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _connect_unixsocket(self, address: str) -> None:  # type: ignore[override]
+        super()._connect_unixsocket(address)  # type: ignore[misc]
+        self.socket.setblocking(False)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BlockingIOError):
+            self.dropped += 1
+            return
+        super().handleError(record)
+
+
 def _syslog_handler(address: str | tuple[str, int], facility: int) -> logging.Handler:
     if isinstance(address, str) and not os.path.exists(address):
         # No syslog daemon (containers): keep running and say so on stderr.
@@ -81,4 +101,15 @@ def _syslog_handler(address: str | tuple[str, int], facility: int) -> logging.Ha
         logging.getLogger("natserver.log").warning("syslog socket %s missing: logging to stderr", address)
         return handler
     socktype = socket.SOCK_DGRAM
-    return logging.handlers.SysLogHandler(address=address, facility=facility, socktype=socktype)
+    try:
+        handler = NonBlockingSysLogHandler(address=address, facility=facility,
+                                           socktype=socktype)
+    except OSError as exc:
+        # A socket path that is not (yet) a live syslog socket: same as missing.
+        handler = logging.StreamHandler(sys.stderr)
+        logging.getLogger("natserver.log").warning("syslog socket %s unusable (%s): logging to stderr",
+                                                   address, exc.strerror)
+        return handler
+    # NOTICE is not one of logging's names: without this it would go out as "warning".
+    handler.priority_map = {**handler.priority_map, "NOTICE": "notice"}
+    return handler

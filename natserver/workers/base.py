@@ -88,11 +88,13 @@ class Child:
         return self.stopping
 
     def tick(self, now: float = 0.0) -> float | None:
-        """Once per loop iteration (``serve``'s tick); returns no timer of its own."""
+        """Once per loop iteration (``serve``'s tick). Returns how long the loop may
+        sleep before the counters of the last packets must be published (<= 0.1 s)."""
         t = time.monotonic()
         if t >= self.next_flush:
             self.flush(t)
-        return None
+            return None
+        return self.next_flush - t
 
     def flush(self, t: float) -> None:
         """Heartbeat + counters into shm; parent-death and SIGHUP checks."""
