@@ -106,6 +106,7 @@ class Database:
         self._conn: Any = None
         self._lock = threading.RLock()
         self._tx_depth = 0
+        self._plans: dict[tuple[Any, ...], tuple[str, tuple[int, ...], tuple[tuple[str, bool], ...]]] = {}
         # Connections inherited through fork: kept referenced so they are never closed
         # (closing would end the parent's session or release the parent's file).
         self._inherited: list[Any] = []
@@ -312,14 +313,29 @@ class Database:
         limit: int | None = None,
     ) -> list[Row]:
         """Rows of ``columns`` (tuples, in that order) matching ``where`` (ANDed)."""
-        t = self._table(table)
-        cols = ", ".join(self._col(t, c) for c in columns)
-        clause, params = self._where(t, where)
-        sql = f"SELECT {cols} FROM {self._q(table)}{clause}{self._order(t, order_by)}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
+        # The lookups on the REGISTER/INVITE path repeat one shape (auth: username +
+        # domain), so the statement text is built once per shape and reused.
+        order_key = order_by if order_by is None or isinstance(order_by, str) else tuple(order_by)
+        key = (table, tuple(columns), tuple(where) if where else (), order_key, limit)
+        plan = self._plans.get(key)
+        params = None
+        if plan is not None:
+            params = self._scalar_params(plan[2], where) if where else []
+        if params is None:
+            t = self._table(table)
+            cols = ", ".join(self._col(t, c) for c in columns)
+            clause, params = self._where(t, where)
+            sql = f"SELECT {cols} FROM {self._q(table)}{clause}{self._order(t, order_by)}"
+            if limit is not None:
+                sql += f" LIMIT {int(limit)}"
+            times = tuple(i for i, c in enumerate(columns) if c in t.datetime_columns)
+            if where is None or all(_is_scalar(v) for v in where.values()):
+                if len(self._plans) > 512:
+                    self._plans.clear()
+                self._plans[key] = (sql, times, _where_columns(t, where))
+        else:
+            sql, times = plan[0], plan[1]
         rows = self._exec(sql, params)[0]
-        times = [i for i, c in enumerate(columns) if c in t.datetime_columns]
         if not times or not rows:
             return rows
         conv = self.time_from_db
@@ -331,6 +347,25 @@ class Database:
                     values[i] = conv(values[i])
             out.append(tuple(values))
         return out
+
+    def _scalar_params(self, cols: tuple[tuple[str, bool], ...], where: Mapping[str, Any]) -> list[Any] | None:
+        """``where``'s values as parameters, or None when one of them is not a plain
+        scalar (NULL and lists change the statement's shape)."""
+        params = []
+        for (col, is_time), value in zip(cols, where.values()):
+            if value is None or isinstance(value, _SEQUENCES):
+                return None
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode()
+                except UnicodeDecodeError:
+                    raise DbError(f"{col}: value is not UTF-8") from None
+            elif isinstance(value, bool):
+                value = int(value)
+            elif is_time and isinstance(value, (int, float)):
+                value = self.time_to_db(value)
+            params.append(value)
+        return params
 
     def insert(self, table: str, row: Mapping[str, Any]) -> int:
         """Insert one row; returns its ``id`` (the auto-increment key)."""
@@ -489,6 +524,17 @@ def _what(args: tuple[Any, ...]) -> str:
     if args and isinstance(args[0], str):
         return args[0].split("\n", 1)[0][:200]
     return "statement"
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is not None and not isinstance(value, _SEQUENCES)
+
+
+def _where_columns(table: schema.Table, where: Mapping[str, Any] | None) -> tuple[tuple[str, bool], ...]:
+    if not where:
+        return ()
+    names = [key.partition(" ")[0] for key in where]
+    return tuple((n, n in table.datetime_columns) for n in names)
 
 
 def _plain(value: Any) -> Any:

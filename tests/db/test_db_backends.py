@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -129,6 +130,22 @@ def test_null_and_bytes(db: Database) -> None:
     assert db.select("subscriber", ["domain"], {"username": b"d\xc3\xa9j\xc3\xa0"}) == [("example.org",)]
     with pytest.raises(DbError, match="UTF-8"):
         db.select("subscriber", ["username"], {"username": b"\xff\xfe"})
+
+
+def test_same_query_shape_with_other_values(db: Database) -> None:
+    """Statements are reused per shape; NULL and lists must not reuse a scalar's."""
+    add_contact(db, "a", received="x")
+    add_contact(db, "b", received="y")
+    add_contact(db, "c")
+    cases = [("x", ["a"]), (None, ["c"]), ("y", ["b"]), (["x", "y"], ["a", "b"]), (b"x", ["a"]),
+             (None, ["c"]), ([], []), ("x", ["a"])]
+    for value, expect in cases * 2:
+        rows = db.select("location", ["ruid"], {"received": value}, order_by="ruid")
+        assert [r[0] for r in rows] == expect, value
+    now = int(time.time())
+    db.update("location", {"ruid": "a"}, {"expires": now})
+    for _ in range(3):  # a time value in a reused statement is still converted
+        assert db.select("location", ["ruid"], {"expires": now}) == [("a",)]
 
 
 def test_unknown_identifiers_are_refused(db: Database) -> None:
@@ -271,6 +288,27 @@ def test_ping_and_close(db: Database) -> None:
     assert db.select("version", ["table_name"], {"table_name": "location"}) == [("location",)]
     with open_db(db.url) as again:
         assert again.ping()
+
+
+def test_threads_share_one_database(db: Database) -> None:
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for i in range(40):
+                with db.transaction():
+                    add_contact(db, f"t{n}-{i}", user=f"u{n}")
+                    assert db.select("location", ["ruid"], {"ruid": f"t{n}-{i}"}) == [(f"t{n}-{i}",)]
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    assert db.execute("SELECT COUNT(*) FROM location") == [(160,)]
 
 
 def _connection_id(db: Database) -> object:
