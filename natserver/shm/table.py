@@ -193,7 +193,7 @@ class Table:
     __slots__ = (
         "name", "capacity", "stripes", "key_size", "value_size", "record_size",
         "shm_name", "_locks", "_lock_base", "_m", "_w", "_n", "_isz", "_sh", "_ix", "_off",
-        "_ko",
+        "_ko", "_probe",
     )
 
     def __init__(self, m: mmap.mmap, lockset: LockSet, shm_name: str | None) -> None:
@@ -220,6 +220,9 @@ class Table:
         self._ix = self._sh + _STRIPE_WORDS * stripes  # word of stripe 0's index
         self._off = _align(4 * (self._ix + 2 * self._isz * stripes), 64)  # record 0
         self._ko = _VALUE + value_size  # key offset in a record
+        # what every probe loads, in one attribute (the hot paths are attribute-bound)
+        self._probe = (m, self._w, self._off, record_size, self._ko, self._ix, self._isz,
+                       stripes)
 
     # ---- construction -------------------------------------------------------------
 
@@ -261,6 +264,7 @@ class Table:
 
     def close(self, *, unlink: bool = False) -> None:
         """Unmap this process's view; ``unlink`` also removes a named segment."""
+        self._probe = ()
         self._w.release()
         self._m.close()
         if unlink and self.shm_name is not None:
@@ -280,25 +284,15 @@ class Table:
         """Lock stripe ``s``; repair it first if its last writer died inside."""
         locks = self._locks
         if locks.held >= 0:
-            raise RuntimeError(f"table {self.name}: stripe lock requested while this "
-                               f"process holds lock {locks.held} (nested table call?)")
-        lockf(locks.fd, LOCK_EX, 1, self._lock_base + s)
-        locks.held = self._lock_base + s
-        dead = self._w[self._sh + s * _STRIPE_WORDS]
-        if dead:
-            try:
-                self._repair(s, f"pid {dead} died while writing")
-            except BaseException:
-                self._unlock(s)
-                raise
-
-    def _unlock(self, s: int) -> None:
-        locks = self._locks
-        locks.held = -1
-        lockf(locks.fd, LOCK_UN, 1, self._lock_base + s)
+            self._nested()
+        i = self._lock_base + s
+        lockf(locks.fd, LOCK_EX, 1, i)
+        locks.held = i
+        if self._w[self._sh + s * _STRIPE_WORDS]:
+            self._repair_dead(s)
 
     def _lock_key(self, key: bytes) -> tuple[int, int]:
-        """Hash ``key`` and lock its stripe: ``(hash, stripe)``.
+        """Hash ``key`` and lock its stripe (as :meth:`_lock`): ``(hash, stripe)``.
 
         ValueError for a key longer than ``key_size`` (nothing locked then).
         """
@@ -307,8 +301,33 @@ class Table:
                              f"(table {self.name})")
         h = crc32(key)
         s = h % self.stripes
-        self._lock(s)
+        locks = self._locks
+        if locks.held >= 0:
+            self._nested()
+        i = self._lock_base + s
+        lockf(locks.fd, LOCK_EX, 1, i)
+        locks.held = i
+        if self._w[self._sh + s * _STRIPE_WORDS]:
+            self._repair_dead(s)
         return h, s
+
+    def _unlock(self, s: int) -> None:
+        locks = self._locks
+        locks.held = -1
+        lockf(locks.fd, LOCK_UN, 1, self._lock_base + s)
+
+    def _nested(self) -> None:
+        raise RuntimeError(f"table {self.name}: stripe lock requested while this process "
+                           f"holds lock {self._locks.held} (nested table call?)")
+
+    def _repair_dead(self, s: int) -> None:
+        """Just locked stripe ``s`` and found a writer's pid in it: repair, or unlock and
+        re-raise if even that fails."""
+        try:
+            self._repair(s, f"pid {self._w[self._sh + s * _STRIPE_WORDS]} died while writing")
+        except BaseException:
+            self._unlock(s)
+            raise
 
     def _check_value(self, value: bytes) -> None:
         if len(value) != self.value_size:
@@ -324,16 +343,12 @@ class Table:
     def _first(self, s: int, h: int, key: bytes) -> tuple[int, int]:
         """``(offset of the first valid record with key or -1, index word where the probe
         ended)``; after a miss that word is the empty entry an insert of ``key`` uses."""
-        m = self._m
-        w = self._w
-        off = self._off
-        rsz = self.record_size
+        m, w, off, rsz, ko, ix, isz, stripes = self._probe
         kl = len(key)
-        ko = self._ko
-        start = self._ix + 2 * s * self._isz
-        end = start + 2 * self._isz
-        e = start + 2 * (h // self.stripes % self._isz)
-        for _ in range(self._isz):  # ends sooner: the index is at most half full
+        start = ix + 2 * s * isz
+        end = start + 2 * isz
+        e = start + 2 * (h // stripes % isz)
+        for _ in range(isz):  # ends sooner: the index is at most half full
             r = w[e + 1]
             if not r:
                 return -1, e
@@ -352,17 +367,13 @@ class Table:
 
     def _matches(self, s: int, h: int, key: bytes) -> list[int]:
         """Offsets of every valid record with ``key``, oldest first."""
-        m = self._m
-        w = self._w
-        off = self._off
-        rsz = self.record_size
+        m, w, off, rsz, ko, ix, isz, stripes = self._probe
         kl = len(key)
-        ko = self._ko
-        start = self._ix + 2 * s * self._isz
-        end = start + 2 * self._isz
-        e = start + 2 * (h // self.stripes % self._isz)
+        start = ix + 2 * s * isz
+        end = start + 2 * isz
+        e = start + 2 * (h // stripes % isz)
         found = []
-        for _ in range(self._isz):
+        for _ in range(isz):
             r = w[e + 1]
             if not r:
                 break
