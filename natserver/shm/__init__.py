@@ -10,12 +10,13 @@ process slots.
 stripes=None, shm_prefix=None) -> Tables`` where ``specs`` maps a table name to
 ``(capacity, key_size, value_size)``; ``capacity`` is how many records the table must
 hold, and each table gets ``capacity / load_factor`` record slots: keys spread over the
-stripes unevenly and a full stripe refuses inserts while others have room. ``tables["location"]`` (or ``tables.get(name)``)
-gives a :class:`Table`, ``tables.procs`` the :class:`ProcSlots` (None without
-``proc_slots``), ``tables.summary()`` one line per segment for the start-up log,
-``tables.nbytes`` the total. ``capacities(cfg)`` reads the table sizes from the cfg
-(``tm_table_size`` -> "transactions", ``ul_table_size`` -> "location",
-``rtp_table_size`` -> "rtp_sessions").
+stripes unevenly and a full stripe refuses inserts while others have room.
+``tables["location"]`` (or ``tables.get(name)``) gives a :class:`Table`,
+``tables.procs`` the :class:`ProcSlots` (None without ``proc_slots``; slot 0 is the
+supervisor's by convention), ``tables.summary()`` one line per segment for the start-up
+log, ``tables.nbytes`` the total, ``tables.close(unlink=False)`` unmaps (the supervisor
+at exit). ``capacities(cfg)`` reads the table sizes from the cfg (``tm_table_size`` ->
+"transactions", ``ul_table_size`` -> "location", ``rtp_table_size`` -> "rtp_sessions").
 
 With ``shm_prefix`` the segments are named (``/dev/shm/<prefix>.<table>``,
 ``<prefix>.procs``) and the lock file is kept at ``/dev/shm/<prefix>.locks``, so a
