@@ -61,6 +61,7 @@ class ChildSpec:
     close_fds: tuple[int, ...] = ()           # the supervisor's own descriptors
     log_args: dict[str, Any] = field(default_factory=dict)   # for log.setup on SIGHUP
     extra: dict[str, Any] = field(default_factory=dict)      # kind-specific (ctl endpoints)
+    sigmask: set[int] | None = None           # restored once the child's handlers are in
 
 
 class Child:
@@ -195,6 +196,8 @@ def child_main(ctx: Context, spec: ChildSpec, entry: Callable[[Context, Child], 
 def _run(ctx: Context, spec: ChildSpec, entry: Callable[[Context, Child], int]) -> int:
     child = Child(ctx, spec)
     child.install_signals()
+    if spec.sigmask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, spec.sigmask)
     for fd in spec.close_fds:
         try:
             os.close(fd)

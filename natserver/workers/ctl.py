@@ -240,6 +240,9 @@ def _stats(ctx: Context, args: list[str]) -> Any:
         row: dict[str, Any] = {"proc": title.removeprefix("natserver: "), "pid": pid}
         row.update((n, values[n]) for n in names)
         rows.append(row)
+    # what exited processes had counted (folded in by the supervisor when it reaps)
+    retired = dict(zip(COUNTER_NAMES, board.retired()))
+    rows.append({"proc": "retired", "pid": None, **{n: retired[n] for n in names}})
     return rows
 
 
@@ -253,7 +256,8 @@ def _board(ctx: Context) -> Any:
 
 CORE: tuple[Command, ...] = (
     Command("ps", _ps, "processes: pid, title, uptime, CPU, memory, heartbeat age"),
-    Command("stats", _stats, "per-process counters [counter names...]"),
+    Command("stats", _stats, "per-process counters (+ those of exited processes) "
+                             "[counter names...]"),
     Command("uptime", _uptime, "when the server started and for how long it runs"),
     Command("version", _version, "server and Python version"),
     Command("which", _which, "the commands this server answers"),

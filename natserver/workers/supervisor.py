@@ -294,14 +294,21 @@ class Supervisor:
         spec = self.spec_for(slot)
         fn = self.entries[slot.proc.kind]
         spawned = time.monotonic()
+        # Signals stay blocked across fork until the child has its own handlers: one
+        # arriving in between would otherwise run the supervisor's no-op handler and
+        # write into the supervisor's wakeup pipe.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, DISPATCH)
         try:
             pid = os.fork()
         except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             log.error("cannot fork %s: %s; retrying in 1 s", slot.proc.title, exc.strerror)
             slot.due = spawned + 1.0
             return
         if pid == 0:
+            spec.sigmask = mask
             child_main(self.ctx, spec, fn)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         slot.pid = pid
         slot.spawned = spawned
         self.by_pid[pid] = slot

@@ -155,6 +155,36 @@ def test_options_from_50_sockets_are_spread_over_workers(ns, server4):
     assert len([n for n in served.values() if n]) > 1, served
 
 
+def wait_requests(srv: NatServer, total: int) -> dict[str, int]:
+    deadline = time.monotonic() + 3
+    while True:
+        rows = srv.ctl_json("stats", "requests")
+        counts = {r["proc"]: r["requests"] for r in rows}
+        if sum(counts.values()) >= total or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
+def test_counters_of_a_killed_worker_are_kept_as_retired(ns, server4):
+    eps = [Endpoint(ns.socket()) for _ in range(20)]
+    try:
+        for ep in eps:
+            assert answered(ep, server4)
+    finally:
+        for ep in eps:
+            ep.close()
+    counts = wait_requests(server4, 20)
+    busiest = max((p for p in counts if p.startswith("sip worker")), key=counts.get)
+    title = f"natserver: {busiest}"
+    old = server4.children()[title]
+    os.kill(old, signal.SIGKILL)
+    server4.wait_child(title, not_pid=old)
+    after = wait_requests(server4, 20)
+    assert after[busiest] == 0  # a fresh process, fresh counters
+    assert after["retired"] == counts[busiest]
+    assert sum(after.values()) == 20
+
+
 # ---- respawn -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("reuseport,slot", [("per_worker", 1), ("per_worker", 3), ("shared", 2)])
