@@ -86,6 +86,19 @@ class Context:
         self._myself_any_port: set[str] = set()
         self.refresh_myself()
 
+    def refresh_myself(self) -> None:
+        """Recompute what ``uri==myself`` matches: every listen host:port and every alias
+        (an alias without a port matches any port). Call again if the listen port
+        changes (``port=0`` is resolved before the supervisor builds the Context)."""
+        self._myself = {(host.lower(), port) for host, port in self.cfg.listens()}
+        self._myself |= {(a.host.lower(), a.port) for a in self.cfg.alias if a.port}
+        self._myself_any_port = {a.host.lower() for a in self.cfg.alias if not a.port}
+
+    def is_myself(self, host: str, port: int) -> bool:
+        """Is host:port one of our own addresses (SER check_self)?"""
+        host = host.lower()
+        return host in self._myself_any_port or (host, port) in self._myself
+
     def module(self, name: str) -> Module | None:
         return self.modules.get(name)
 
