@@ -134,6 +134,10 @@ class Database:
         """True when ``exc`` means the connection is gone (reconnect and retry)."""
         return False
 
+    def _is_retryable(self, exc: BaseException) -> bool:
+        """True when the server rolled the statement back and asks for a retry."""
+        return False
+
     def _classify(self, exc: BaseException) -> type[DbError]:
         return DbError
 
@@ -201,22 +205,31 @@ class Database:
         return cls(f"{self.dialect}: {what}: {exc}")
 
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)``; on a lost connection reconnect once and run it again
-        (not inside a transaction: its earlier statements are gone)."""
+        """Run ``fn(conn, *args)``; on a lost connection reconnect once and run it again,
+        and run a deadlock victim again once (neither inside a transaction: its earlier
+        statements are gone)."""
         with self._lock:
-            conn = self._conn if self._conn is not None else self._open()
+            conn = self._conn
+            if conn is None:
+                if self._tx_depth:
+                    # A new connection would run this outside the transaction.
+                    raise DbUnavailable(f"{self.dialect}: connection lost inside a transaction")
+                conn = self._open()
             try:
                 return fn(conn, *args)
             except self._driver_errors as exc:
-                if not self._is_lost(exc):
+                if self._is_lost(exc):
+                    self._drop()
+                    if self._tx_depth:
+                        raise DbUnavailable(
+                            f"{self.dialect}: connection lost inside a transaction: {exc}"
+                        ) from exc
+                    log.warning("db %s: connection lost (%s), reconnecting", self.url.redacted(), exc)
+                    conn = self._open()
+                elif self._tx_depth or not self._is_retryable(exc):
                     raise self._error(exc, _what(args)) from exc
-                self._drop()
-                if self._tx_depth:
-                    raise DbUnavailable(
-                        f"{self.dialect}: connection lost inside a transaction: {exc}"
-                    ) from exc
-                log.warning("db %s: connection lost (%s), reconnecting", self.url.redacted(), exc)
-            conn = self._open()
+                # else: a deadlock victim outside a transaction; the server undid the
+                # statement, so running it again is safe.
             try:
                 return fn(conn, *args)
             except self._driver_errors as exc:

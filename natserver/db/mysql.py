@@ -14,7 +14,7 @@ from typing import Any
 import pymysql
 from pymysql.constants import CLIENT
 
-from natserver.db import Database, DbIntegrityError, Row, schema
+from natserver.db import Database, DbIntegrityError, DbUnavailable, Row, schema
 from natserver.errors import DbError
 
 # Client and server codes that mean the session is gone: 2006 server has gone away,
@@ -22,6 +22,9 @@ from natserver.errors import DbError
 # connect, 1927 MariaDB "connection was killed", 1053 server shutdown in progress,
 # 4031 MySQL 8 idle disconnect, 0 pymysql's "connection already closed".
 LOST_CODES = frozenset((0, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031))
+# InnoDB chose this statement's transaction as a deadlock victim (1213) or gave up
+# waiting for a row lock (1205): transient, worth one more try.
+RETRY_CODES = frozenset((1205, 1213))
 
 
 class MysqlDatabase(Database):
@@ -64,9 +67,15 @@ class MysqlDatabase(Database):
             return bool(exc.args) and exc.args[0] in LOST_CODES
         return False
 
+    def _is_retryable(self, exc: BaseException) -> bool:
+        return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and (
+            exc.args[0] in RETRY_CODES)
+
     def _classify(self, exc: BaseException) -> type[DbError]:
         if isinstance(exc, pymysql.err.IntegrityError):
             return DbIntegrityError
+        if self._is_retryable(exc):
+            return DbUnavailable
         return DbError
 
     def _begin(self, conn: Any) -> None:

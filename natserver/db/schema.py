@@ -280,13 +280,13 @@ def create_schema(db: Database, tables: tuple[str, ...] | list[str] = DEFAULT_TA
             for stmt in table_sql(table, db.dialect):
                 db.execute(stmt)
             created.append(name)
-    with db.transaction():
-        have = {row[0] for row in db.select("version", ["table_name"])}
-        missing = [
-            {"table_name": n, "table_version": TABLES[n].version} for n in names if n not in have
-        ]
-        if missing:
-            db.insert_many("version", missing)
+    have = {row[0] for row in db.select("version", ["table_name"])}
+    for n in names:
+        if n not in have:
+            # One autocommitted upsert per row: processes initialising the same
+            # database at once write the same rows and cannot deadlock on a batch.
+            row = {"table_name": n, "table_version": TABLES[n].version}
+            db.replace("version", row, ["table_name"])
     return created
 
 

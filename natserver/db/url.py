@@ -73,11 +73,11 @@ def default_state_dir(env: dict[str, str] | os._Environ[str] | None = None) -> P
     if explicit:
         return Path(explicit)
     system = Path(SYSTEM_STATE_DIR)
-    try:
-        system.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
-    if system.is_dir() and os.access(system, os.W_OK | os.X_OK):
+    # Decided without creating anything: opening the database creates the directory.
+    if system.is_dir():
+        if os.access(system, os.W_OK | os.X_OK):
+            return system
+    elif system.parent.is_dir() and os.access(system.parent, os.W_OK | os.X_OK):
         return system
     xdg = env.get("XDG_STATE_HOME")
     base = Path(xdg) if xdg else Path(env.get("HOME") or Path.home()) / ".local" / "state"

@@ -409,6 +409,17 @@ def test_connection_lost_inside_transaction(mariadb_server: MariaDB, mariadb_url
             _kill(mariadb_server, _connection_id(db))
             add_contact(db, "b")  # not retried: "a" died with the connection
     assert db.select("location", ["ruid"]) == []
+    # A caller that swallows the error must not get autocommitted statements.
+    with pytest.raises(DbUnavailable):
+        with db.transaction():
+            add_contact(db, "x")
+            _kill(mariadb_server, _connection_id(db))
+            try:
+                add_contact(db, "y")
+            except DbUnavailable:
+                pass
+            add_contact(db, "z")
+    assert db.select("location", ["ruid"]) == []
     with db.transaction():  # the next batch starts on a new connection
         add_contact(db, "a")
         add_contact(db, "b")
@@ -553,5 +564,8 @@ def test_mysql_errors_classified(mariadb_server: MariaDB, mariadb_url: str) -> N
     lost = pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
     assert db._is_lost(lost)
     assert not db._is_lost(pymysql.err.ProgrammingError(1064, "syntax"))
+    deadlock = pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+    assert db._is_retryable(deadlock) and not db._is_lost(deadlock)
+    assert not db._is_retryable(lost)
     assert db._translate("a = ? AND b LIKE 'x?%' AND c = `?` AND d = 'it\\'s?'") == (
         "a = %s AND b LIKE 'x?%%' AND c = `?` AND d = 'it\\'s?'")

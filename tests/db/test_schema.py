@@ -5,6 +5,7 @@ DATETIME encodings each Kamailio driver uses."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import sqlite3
@@ -56,6 +57,23 @@ def test_create_schema_is_idempotent(db_url: str) -> None:
     # Another process opening the same database and initialising it changes nothing.
     assert create_schema(open_db(db_url)) == []
     assert len(db.select("version", ["id"])) == 5
+
+
+def _init(url: str) -> None:
+    create_schema(open_db(url))
+
+
+def test_concurrent_init(db_url: str) -> None:
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_init, args=(db_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    db = open_db(db_url)
+    assert create_schema(db) == []
+    assert sorted(db.select("version", ["table_name"])) == sorted((t,) for t in DEFAULT_TABLES)
 
 
 def test_create_schema_adds_only_missing_tables(db_url: str) -> None:
