@@ -544,6 +544,47 @@ class Topology:
         return in_netns(ns_of(router), read)
 
 
+    # ---- measuring at the hosts
+    def add_udp_counters(self, node: Node, ports: tuple[int, int]) -> None:
+        """Count UDP packets to and from local ports lo-hi (RTP and RTCP) in a host's
+        namespace: readable at any moment, no process, no start-up race."""
+        lo, hi = ports
+        # nft 1.0.6 rejects several statements on one line inside braces: one per line
+        ruleset = (f"table inet rtpacct {{\n"
+                   f"  chain in {{\n"
+                   f"    type filter hook input priority 0; policy accept;\n"
+                   f"    udp dport {lo}-{hi} counter\n"
+                   f"  }}\n"
+                   f"  chain out {{\n"
+                   f"    type filter hook output priority 0; policy accept;\n"
+                   f"    udp sport {lo}-{hi} counter\n"
+                   f"  }}\n"
+                   f"}}\n")
+        self.run(node, ["nft", "-f", "-"], input=ruleset)
+
+    def udp_counters(self, nodes: Sequence[Node]) -> dict[str, tuple[int, int]]:
+        """(packets in, packets out) per namespace, read from all hosts at once."""
+        procs = {ns_of(n): subprocess.Popen(ns_argv(ns_of(n), ["nft", "list", "table", "inet",
+                                                                "rtpacct"]),
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                            text=True)
+                 for n in nodes}
+        out = {}
+        for ns, p in procs.items():
+            text, err = p.communicate(timeout=10)
+            if p.returncode != 0:
+                raise RuntimeError(f"nft in {ns}: {err.strip()}")
+            counts = [int(x) for x in re.findall(r"counter packets (\d+)", text)]
+            if len(counts) != 2:
+                raise RuntimeError(f"no rtpacct counters in {ns}")
+            out[ns] = (counts[0], counts[1])
+        return out
+
+    def listening_udp_ports(self, node: Node) -> set[int]:
+        r = self.run(node, ["ss", "-Hlun"])
+        return {int(m) for m in re.findall(r"\S+:(\d+)\s", r.stdout)}
+
+
 _BASE_SYSCTL = (
     "ip link set lo up\n"
     "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 "

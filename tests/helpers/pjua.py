@@ -12,7 +12,7 @@ Lines out: {"ev":"ready"}, {"ev":"reg","code":200,...}, {"ev":"incoming",...},
 {"ev":"stats","rx_pkt":..,"tx_pkt":..,"rx_loss":..,"src_rtp":"ip:port"},
 {"ev":"closed","code":..,"reason":..}, {"ev":"done"}.
 Commands in (stdin, one per line): `call URI`, `hangup`, `hold`, `unhold`, `stats`,
-`quit`.
+`register` (send a REGISTER now), `quit`.
 
 By default the UA is "dumb": pjsua's own NAT fixes (Contact/Via rewriting, SDP
 rewriting, SIP outbound, UDP keepalives) are off, so the server has to do the NAT work.
@@ -209,6 +209,7 @@ def run_ua(a: argparse.Namespace) -> None:
         "stats": lambda arg: each_call(lambda c: emit(ev="stats", call_id=c.getInfo()
                                                       .callIdString, **stats(c))),
         "call": lambda arg: dial(arg),
+        "register": lambda arg: acc.setRegistration(True),
         "quit": lambda arg: state.update(quit=True),
     }
 
@@ -339,10 +340,15 @@ class PjUa:
             except queue.Empty:
                 return True
 
+    def mark(self) -> int:
+        """A position in the output: `wait(..., since=mark)` looks only after it."""
+        self._drain(0)
+        return len(self.lines)
+
     def wait(self, ev: str, timeout: float = 10.0,
-             pred: Callable[[dict], bool] = lambda d: True) -> dict:
+             pred: Callable[[dict], bool] = lambda d: True, since: int = 0) -> dict:
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         alive = True
         while True:
             for d in self.lines[seen:]:

@@ -19,7 +19,10 @@ kamailio + rtpengine. natserver's implementation goes where marked below.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +31,34 @@ import pytest
 
 from tests.helpers import netns
 from tests.helpers.baresip import Baresip, UaConfig, baresip_problem
-from tests.helpers.netns import Host, NatMode, RouterSpec, Topology
+from tests.helpers.netns import Host, NatMode, RouterSpec, Topology, wait_until
 from tests.helpers.pjua import PjUa, pjsua2_problem
-from tests.helpers.refserver import RefServer, ServerUnderTest, reference_problem
+from tests.helpers.refserver import (RELAY_PORTS, RefServer, RelaySession, ServerUnderTest,
+                                     reference_problem)
+from tests.helpers.tonecheck import dominant_tone
 
 log = logging.getLogger(__name__)
+
+MIN_RX = 50  # packets a UA must receive in a 2 s call at 50 pps (start-up included)
+SCENARIO_SERVER_ENV = "NATTEST_SERVER"
 
 # Distinct tones, far apart for the Goertzel check; UA number k sends TONES[k - 1].
 TONES = (440, 840, 1240, 1640, 2040, 2440, 2840, 3240)
 
 ServerFactory = Callable[[Path], ServerUnderTest]
+
+
+def natserver_problem() -> str | None:
+    """Why natserver cannot serve the NAT scenarios yet, or None."""
+    try:
+        importlib.import_module("natserver.workers.supervisor")
+    except ImportError as e:
+        return f"natserver cannot run: natserver.workers.supervisor: {e}"
+    for mod in ("tm", "rr", "usrloc", "registrar", "auth_db", "nathelper"):
+        if importlib.util.find_spec(f"natserver.modules.{mod}") is None:
+            return f"natserver cannot run the seed cfg yet: natserver.modules.{mod} is missing"
+    return None
+
 
 SERVER_KINDS: dict[str, tuple[ServerFactory, Callable[[], str | None]]] = {
     "reference": (lambda workdir: RefServer(workdir), reference_problem),
@@ -98,6 +119,15 @@ class NatLab:
         self.server = factory(self.tmp / kind)
         self.server.start(self.topo, self.topo.server, natping_interval=natping_interval)
         return self.server
+
+    def relay_ports(self) -> set[int]:
+        assert self.server is not None
+        return {p for s in self.server.relay_sessions() for p in s.ports}
+
+    def wait_relay_released(self, timeout: float = 3.0) -> None:
+        assert self.server is not None
+        wait_until(lambda: not self.server.relay_sessions(), timeout, 0.05,
+                   "the relay to release the call")
 
     @property
     def domain(self) -> str:
@@ -160,6 +190,52 @@ class NatLab:
             ua.wait_registered()
         return ua
 
+    # ---- calls (baresip)
+    def call(self, caller: Baresip, callee: Baresip, *, talk: float = 2.0,
+             hangup_by: Baresip | None = None) -> list[RelaySession]:
+        """caller calls callee; both talk `talk` s; `hangup_by` (default the caller)
+        sends BYE. Returns the relay sessions seen during the call."""
+        assert self.server is not None
+        caller.dial(f"sip:{callee.config.user}@{self.domain}")
+        callee.wait_established(10.0)
+        caller.wait_established(10.0)
+        time.sleep(talk)
+        sessions = self.server.relay_sessions()
+        (hangup_by or caller).hangup()
+        callee.wait_closed(5.0)
+        caller.wait_closed(5.0)
+        return sessions
+
+    def assert_heard(self, ua: Baresip, other: Baresip, min_rx: int = MIN_RX) -> None:
+        """`ua` received `other`'s tone (so this direction of the call carried audio)."""
+        stats = ua.rtp_stats()
+        assert stats and stats[-1][0] >= min_rx and stats[-1][1] >= min_rx, \
+            f"{ua.config.user}: RTP tx/rx per call {stats}"
+        wavs = ua.received_wavs()
+        assert wavs, f"{ua.config.user}: no received-audio WAV"
+        tone = dominant_tone(wavs[-1], [ua.config.tone_hz, other.config.tone_hz])
+        assert tone.freq == other.config.tone_hz and tone.share > 0.5, \
+            f"{ua.config.user} heard {tone}, expected {other.config.tone_hz} Hz"
+
+    def assert_sdp_at_relay(self, ua: Baresip, relay_ports: set[int]) -> None:
+        """Every SDP `ua` received told it to send RTP to the relay."""
+        sdp = ua.received_sdp_addresses()
+        assert sdp, f"{ua.config.user} received no SDP"
+        bad = [a for a in sdp if a[0] != self.domain or a[1] not in relay_ports]
+        assert not bad, f"{ua.config.user} was told to send RTP elsewhere: {bad} " \
+                        f"(relay {self.domain} ports {sorted(relay_ports)})"
+
+    def assert_relayed_call(self, caller: Baresip, callee: Baresip,
+                            sessions: list[RelaySession]) -> None:
+        """One relay session carried the call; both directions heard; SDP at relay."""
+        assert len(sessions) == 1, f"expected one relay session: {sessions}"
+        s = sessions[0]
+        assert s.packets > 2 * MIN_RX, f"the relay forwarded too little: {s}"
+        ports = set(s.ports)
+        for ua, other in ((caller, callee), (callee, caller)):
+            self.assert_heard(ua, other)
+            self.assert_sdp_at_relay(ua, ports)
+
     # ---- teardown
     def dump_logs(self) -> str:
         parts = []
@@ -192,6 +268,19 @@ def _collect(errors: list[BaseException]) -> Iterator[None]:
         yield
     except Exception as e:  # keep tearing down; the first error is raised at the end
         errors.append(e)
+
+
+@pytest.fixture
+def scenario_server() -> str:
+    """Which server the NAT scenarios run against: $NATTEST_SERVER, default natserver.
+    NATTEST_SERVER=reference runs them against kamailio + rtpengine (proves the tests)."""
+    kind = os.environ.get(SCENARIO_SERVER_ENV, "natserver")
+    if kind not in SERVER_KINDS:
+        reason = natserver_problem() if kind == "natserver" else None
+        pytest.skip(f"no ServerUnderTest for {kind!r} in tests/nat/conftest.py SERVER_KINDS"
+                    + (f" ({reason})" if reason else "")
+                    + f"; {SCENARIO_SERVER_ENV}=reference runs these against kamailio")
+    return kind
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

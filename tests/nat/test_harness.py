@@ -163,35 +163,12 @@ def test_conntrack_udp_timeout_is_per_router(nat_lab) -> None:
 
 # ---------------------------------------------------------------- calls: baresip
 def check_baresip_call(lab, caller, callee) -> None:
-    """caller calls callee, both talk TALK_SECS, caller hangs up; audio is checked
-    in both directions by tone, the relay by ports, packets and SDP."""
-    server = lab.server
-    caller.dial(f"sip:{callee.config.user}@{lab.domain}")
-    callee.wait_established(10.0)
-    caller.wait_established(10.0)
-    time.sleep(TALK_SECS)
-    sessions = server.relay_sessions()
-    assert len(sessions) == 1, sessions
-    assert sessions[0].packets > 2 * MIN_RX, sessions[0]
-    assert all(RELAY_PORTS[0] <= p <= RELAY_PORTS[1] for p in sessions[0].ports)
-    caller.hangup()
-    callee.wait_closed(5.0)
-    caller.wait_closed(5.0)
-    assert server.relay_sessions() == [], "BYE did not release the relay session"
-
-    relay_ports = set(sessions[0].ports)
-    for ua, other in ((caller, callee), (callee, caller)):
-        stats = ua.rtp_stats()
-        assert stats and stats[-1][0] >= MIN_RX and stats[-1][1] >= MIN_RX, \
-            f"{ua.config.user}: tx/rx {stats}"
-        sdp = ua.received_sdp_addresses()
-        assert sdp and all(ip == SERVER_IP and port in relay_ports for ip, port in sdp), \
-            f"{ua.config.user} was not told to send to the relay: {sdp}"
-        wavs = ua.received_wavs()
-        assert wavs, f"{ua.config.user}: no received-audio WAV"
-        tone = dominant_tone(wavs[-1], [ua.config.tone_hz, other.config.tone_hz])
-        assert tone.freq == other.config.tone_hz and tone.share > 0.5, \
-            f"{ua.config.user} heard {tone}, expected {other.config.tone_hz} Hz"
+    """caller calls callee for TALK_SECS and hangs up: one relay session carried both
+    directions (tone heard at each end, SDP at the relay), and BYE released it."""
+    sessions = lab.call(caller, callee, talk=TALK_SECS)
+    assert all(RELAY_PORTS[0] <= p <= RELAY_PORTS[1] for s in sessions for p in s.ports)
+    lab.assert_relayed_call(caller, callee, sessions)
+    lab.wait_relay_released()
 
 
 @pytest.mark.parametrize("mode", [NatMode.MASQ, NatMode.SYMMETRIC])
