@@ -25,6 +25,7 @@ import re
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,7 @@ def options(port: int, src_port: int, n: int) -> bytes:
 # ---- sender process ---------------------------------------------------------------
 
 def sender(port: int, sockets: int, window: int, duration: float, max_count: int,
-           start_at: float, out: mp.Queue) -> None:
+           rate: float, start_at: float, out: mp.Queue) -> None:
     socks = []
     for _ in range(sockets):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -101,11 +102,13 @@ def sender(port: int, sockets: int, window: int, duration: float, max_count: int
         now = time.monotonic()
         if now >= end or sent >= max_count:
             break
+        budget = int((now - t0) * rate) - sent if rate else max_count
         for i, s in enumerate(socks):
             if outstanding[i] and now - last_reply[i] > 0.2:
                 lost += outstanding[i]  # dropped somewhere: do not stall the window
                 outstanding[i] = 0
-            while outstanding[i] < per_sock and sent < max_count:
+            while outstanding[i] < per_sock and sent < max_count and budget > 0:
+                budget -= 1
                 try:
                     s.sendto(msgs[i][n & 63], dst)
                 except BlockingIOError:
@@ -115,7 +118,7 @@ def sender(port: int, sockets: int, window: int, duration: float, max_count: int
                 outstanding[i] += 1
                 sent += 1
                 n += 1
-        for fd, _ in poller.poll(20):
+        for fd, _ in poller.poll(2 if rate else 20):
             i = fd_index[fd]
             s = socks[i]
             while True:
@@ -225,7 +228,8 @@ def run_one(mode: str, children: int, args: argparse.Namespace, tmp: Path) -> Re
         q: mp.Queue = mp.Queue()
         start_at = time.time() + 0.5
         procs = [mp.Process(target=sender, args=(srv.port, args.sockets, args.window,
-                                                  args.duration, args.max_count, start_at, q))
+                                                  args.duration, args.max_count,
+                                                  args.rate / args.senders, start_at, q))
                  for _ in range(args.senders)]
         for p in procs:
             p.start()
@@ -289,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--max-count", type=int, default=2_000_000,
                         help="requests per sender at most")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="total requests per second (0: as many as the window allows)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per configuration")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--no-netns", action="store_true",
@@ -312,6 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         sys.stdout.write(orjson.dumps([asdict(r) for r in results],
                                       option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif args.repeat > 1:
+        print(f"median of {args.repeat} runs (load average {os.getloadavg()[0]:.1f}):")
+        for mode in args.modes:
+            for children in args.children:
+                runs = [r for r in results if r.mode == mode and r.children == children]
+                rate = statistics.median(r.answered_per_s for r in runs)
+                cpu = statistics.median(r.server_cpu_us_per_msg for r in runs)
+                print(f"{mode:<10} children={children} answered/s={rate:>9.1f}"
+                      f"  cpu/msg={cpu:>6.1f} us")
     return 0
 
 

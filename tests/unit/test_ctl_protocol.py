@@ -147,3 +147,13 @@ def test_ctlcli_reads_fifo_socket_and_db_url_from_a_cfg(tmp_path):
 def test_json_reply_serialises_odd_values():
     data = proto.encode_reply(proto.Reply(200, "ok", {"t": (1, 2), 3: "x"}))
     assert orjson.loads(data)["data"] == {"t": [1, 2], "3": "x"}
+
+
+def test_reply_fifo_lookup_next_to_the_fifo_then_tmp(tmp_path):
+    from natserver.workers.ctl import reply_fifo_path
+    fifo = str(tmp_path / "ser_fifo")
+    (tmp_path / "here").write_text("")
+    assert reply_fifo_path(fifo, "here") == str(tmp_path / "here")
+    assert reply_fifo_path(fifo, "elsewhere") == "/tmp/elsewhere"
+    assert reply_fifo_path(fifo, "/abs/reply") == "/abs/reply"
+    assert reply_fifo_path(fifo, "../escape") is None
