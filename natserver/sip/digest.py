@@ -76,8 +76,10 @@ class Credentials:
         if self.scheme != "digest":
             return ["digest"]
         out = [name for name in REQUIRED if getattr(self, name) is None]
-        if self.qop is not None:
-            out += [name for name in ("nc", "cnonce") if getattr(self, name) is None]
+        if self.qop is not None and self.nc is None:
+            out.append("nc")
+        if self.cnonce is None and (self.qop is not None or self.algorithm.endswith("-SESS")):
+            out.append("cnonce")  # -sess hashes it into HA1 even without qop
         return out
 
 
@@ -268,7 +270,10 @@ def make_credentials(challenge: Challenge, username: str, password: str,
     if qop is None and challenge.qop:
         qop = "auth" if "auth" in challenge.qop else challenge.qop[0]
     nc_text = f"{nc:08x}" if qop else None
-    if qop and cnonce is None:
+    sess = algorithm(algo)[1]
+    if not (qop or sess):
+        cnonce = None
+    elif cnonce is None:
         cnonce = secrets.token_hex(8)
     key = ha1(username, realm, password, algo, nonce, cnonce)
     resp = response(key, nonce, ha2(method, uri, qop, body, algo), qop, nc_text, cnonce, algo)
@@ -277,7 +282,9 @@ def make_credentials(challenge: Challenge, username: str, password: str,
     if "algorithm" in challenge.params:
         out.append(f", algorithm={algo}")
     if qop:
-        out.append(f", qop={qop}, nc={nc_text}, cnonce={_quote(cnonce or '')}")
+        out.append(f", qop={qop}, nc={nc_text}")
+    if cnonce is not None:
+        out.append(f", cnonce={_quote(cnonce)}")
     if challenge.opaque is not None:
         out.append(f", opaque={_quote(challenge.opaque)}")
     return "".join(out).encode("utf-8")
