@@ -137,6 +137,18 @@ def test_two_way_rtp_through_the_engine(call):
     assert relay.engine.stats.packets_relayed == 500
 
 
+def test_queued_packets_keep_order_and_move_in_batches(call):
+    relay, a, b, pa, pb = call
+    exchange(relay, a, b, pa, pb, 2)
+    lock(relay)
+    for i in range(100, 140):
+        a.sendto(rtp(i, b"burst"), ("127.0.0.1", pa))
+    relay.pump(60)
+    assert drain(b) == [rtp(i, b"burst") for i in range(100, 140)]
+    if relay.engine._mm is not None:
+        assert relay.engine.batched >= 30    # one plain recv, then the queue in batches
+
+
 def test_stranger_after_latching_is_not_forwarded(call):
     relay, a, b, pa, pb = call
     exchange(relay, a, b, pa, pb, 5)
