@@ -4,15 +4,14 @@ One syscall moves a whole batch of datagrams through one socket. The arrays are
 allocated once (:class:`Mmsg`): ``count`` message headers, one iovec each over a
 fixed ``size``-byte slot of one buffer, and optionally one sockaddr slot per message
 for the source (receive) or destination (send) address. A forwarder receives a batch
-into a :class:`Mmsg` and sends the very same slots out with :meth:`Mmsg.send_received`:
-the payload is never copied in user space.
+into a :class:`Mmsg` and sends the very same slots out (:meth:`Mmsg.relay`): the
+payload is never copied in user space.
 
 Everything degrades: when libc has no recvmmsg/sendmmsg (or ctypes is missing),
 ``AVAILABLE`` is false and callers use ``socket.recv``/``send`` (the engine does).
 
 The module also holds the small socket helpers the data path needs: packed
-sockaddr bytes (the preresolved destination of a forwarding entry), buffer sizing
-and disconnecting a UDP socket (``connect(AF_UNSPEC)``, which Python lacks).
+sockaddr bytes (destinations of a batch) and buffer sizing.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ class Mmsghdr(ctypes.Structure):
 
 
 _HDR = ctypes.sizeof(Mmsghdr)
+_W = _HDR // 4                                 # one header in uint32 words
 _LEN_AT = Mmsghdr.msg_len.offset // 4          # msg_len as a uint32 index inside one header
 _NAMELEN_AT = Msghdr.msg_namelen.offset // 4   # msg_namelen likewise
 _IOV = ctypes.sizeof(Iovec)
@@ -96,7 +96,7 @@ class Mmsg:
     """
 
     __slots__ = ("count", "size", "buf", "view", "_iov", "_siov", "_hdrs", "_shdrs",
-                 "_names", "_hdr_u32", "_siov_u64", "_recv_args", "_base", "_sbase",
+                 "_names", "_hdr_u32", "_siov_u64", "_base", "_sbase",
                  "_names_view", "_recvmmsg", "_sendmmsg", "_dirty")
 
     def __init__(self, count: int, size: int = 2048, *, names: bool = True) -> None:
@@ -144,20 +144,16 @@ class Mmsg:
             # the kernel shrinks msg_namelen to what it wrote; give the room back
             u32 = self._hdr_u32
             for i in range(self._dirty):
-                u32[i * 16 + _NAMELEN_AT] = SOCKADDR_SIZE
+                u32[i * _W + _NAMELEN_AT] = SOCKADDR_SIZE
             self._dirty = 0
         n = self._recvmmsg(fd, self._base, vlen or self.count, MSG_DONTWAIT, None)
         if n > 0 and self._names is not None:
             self._dirty = n
         return n
 
-    def length(self, i: int) -> int:
-        """Bytes received into message ``i``."""
-        return self._hdr_u32[i * 16 + _LEN_AT]
-
     def payload(self, i: int) -> memoryview:
         start = i * self.size
-        return self.view[start:start + self._hdr_u32[i * 16 + _LEN_AT]]
+        return self.view[start:start + self._hdr_u32[i * _W + _LEN_AT]]
 
     def source(self, i: int) -> bytes:
         """Message ``i``'s source as packed sockaddr bytes (the family decides the length)."""
@@ -181,7 +177,7 @@ class Mmsg:
         u64 = self._siov_u64
         total = 0
         for i in range(n):
-            size = u32[i * 16 + _LEN_AT]
+            size = u32[i * _W + _LEN_AT]
             u64[i * 2 + 1] = size
             total += size
         sent = self._sendmmsg(out_fd, self._sbase, n, MSG_DONTWAIT)
@@ -189,15 +185,6 @@ class Mmsg:
         return sent, n - sent, total
 
     # -- send ---------------------------------------------------------------------
-    def send_received(self, fd: int, n: int) -> int:
-        """Send the first ``n`` received messages through ``fd`` (connected, or with the
-        names set by :meth:`set_dest`); returns how many the kernel took, or -1."""
-        u32 = self._hdr_u32
-        u64 = self._siov_u64
-        for i in range(n):
-            u64[i * 2 + 1] = u32[i * 16 + _LEN_AT]
-        return self._sendmmsg(fd, self._sbase, n, MSG_DONTWAIT)
-
     def set_dest(self, i: int, addr: bytes) -> None:
         """Destination of message ``i`` (packed sockaddr) for the next send."""
         assert self._names_view is not None
@@ -231,17 +218,3 @@ def set_buffers(sock: socket.socket, rcv: int = 0, snd: int = 0) -> int:
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-
-
-_AF_UNSPEC_ADDR = struct.pack("=H14x", socket.AF_UNSPEC)
-
-
-def disconnect(sock: socket.socket) -> bool:
-    """Dissolve a UDP socket's association (``connect`` to AF_UNSPEC); False when this
-    libc cannot be called, in which case the caller replaces the socket."""
-    if _LIBC is None:
-        return False
-    if _LIBC.connect(sock.fileno(), _AF_UNSPEC_ADDR, len(_AF_UNSPEC_ADDR)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, errno.errorcode.get(err, "connect(AF_UNSPEC) failed"))
-    return True

@@ -311,12 +311,7 @@ def test_mmsg_batches_round_trip():
         x.close()
 
 
-def test_sockaddr_ipv6_and_disconnect():
+def test_sockaddr_ipv6():
     raw = fastio.sockaddr("2001:db8::1", 5004)
     assert len(raw) == 28 and fastio.unpack_sockaddr(raw) == ("2001:db8::1", 5004)
-    s = endpoint()
-    s.connect(("127.0.0.1", 9))
-    if fastio.disconnect(s):
-        with pytest.raises(OSError):
-            s.getpeername()
-    s.close()
+    assert len(fastio.sockaddr("127.0.0.1", 5004)) == 16
