@@ -12,10 +12,11 @@ UTF-8 raises ``DbError``). Text comes back as ``str``. DATETIME columns (``expir
 escape hatch: it returns what the driver returns (``time_from_db`` converts).
 
 Failures raise ``DbError`` (from ``natserver.errors``): ``DbUnavailable`` when the
-database cannot be reached (server down, connection lost and not re-established,
-SQLite locked past the busy timeout), ``DbIntegrityError`` for a duplicate key.
-A lost MySQL connection is re-opened once and the statement retried once, except
-inside ``transaction()``, whose earlier statements died with the connection: there the
+database cannot answer now (server down, connection lost and not re-established,
+SQLite locked past the busy timeout, InnoDB deadlock), ``DbIntegrityError`` for a
+duplicate key, plain ``DbError`` for bad SQL. A lost MySQL connection is re-opened once
+and the statement retried once (a deadlock victim is retried once too), except inside
+``transaction()``, whose earlier statements died with the connection: there the
 ``DbUnavailable`` propagates and the block is rolled back (the caller flushes again).
 A statement retried after "lost connection during query" may have run once already
 (as in Kamailio); usrloc's writes are keyed upserts, so a repeat is harmless.
@@ -47,6 +48,9 @@ log = logging.getLogger("natserver.db")
 Value = str | bytes | int | float | None
 Row = tuple[Any, ...]
 T = TypeVar("T")
+# A reusable SELECT: its text, the result positions holding DATETIME values, and the
+# where columns in order with "is a DATETIME column".
+_Plan = tuple[str, tuple[int, ...], tuple[tuple[str, bool], ...]]
 
 _OPS = frozenset(("=", "!=", "<>", "<", "<=", ">", ">="))
 _SEQUENCES = (list, tuple, set, frozenset)
@@ -106,7 +110,7 @@ class Database:
         self._conn: Any = None
         self._lock = threading.RLock()
         self._tx_depth = 0
-        self._plans: dict[tuple[Any, ...], tuple[str, tuple[int, ...], tuple[tuple[str, bool], ...]]] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         # Connections inherited through fork: kept referenced so they are never closed
         # (closing would end the parent's session or release the parent's file).
         self._inherited: list[Any] = []
@@ -224,7 +228,9 @@ class Database:
                         raise DbUnavailable(
                             f"{self.dialect}: connection lost inside a transaction: {exc}"
                         ) from exc
-                    log.warning("db %s: connection lost (%s), reconnecting", self.url.redacted(), exc)
+                    log.warning(
+                        "db %s: connection lost (%s), reconnecting", self.url.redacted(), exc
+                    )
                     conn = self._open()
                 elif self._tx_depth or not self._is_retryable(exc):
                     raise self._error(exc, _what(args)) from exc
@@ -361,7 +367,9 @@ class Database:
             out.append(tuple(values))
         return out
 
-    def _scalar_params(self, cols: tuple[tuple[str, bool], ...], where: Mapping[str, Any]) -> list[Any] | None:
+    def _scalar_params(
+        self, cols: tuple[tuple[str, bool], ...], where: Mapping[str, Any]
+    ) -> list[Any] | None:
         """``where``'s values as parameters, or None when one of them is not a plain
         scalar (NULL and lists change the statement's shape)."""
         params = []
@@ -543,7 +551,9 @@ def _is_scalar(value: Any) -> bool:
     return value is not None and not isinstance(value, _SEQUENCES)
 
 
-def _where_columns(table: schema.Table, where: Mapping[str, Any] | None) -> tuple[tuple[str, bool], ...]:
+def _where_columns(
+    table: schema.Table, where: Mapping[str, Any] | None
+) -> tuple[tuple[str, bool], ...]:
     if not where:
         return ()
     names = [key.partition(" ")[0] for key in where]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,8 +55,8 @@ class SqliteDatabase(Database):
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
+            mode = self._wal(conn, busy_ms / 1000.0)
+            if mode != "wal":
                 log.warning("db %s: journal_mode is %s, not wal", self.url.path, mode)
             conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.Error:
@@ -63,7 +64,29 @@ class SqliteDatabase(Database):
             raise
         return conn
 
-    def _run(self, conn: sqlite3.Connection, sql: str, params: Any, many: bool) -> tuple[list[Row], int, int]:
+    @staticmethod
+    def _wal(conn: sqlite3.Connection, timeout: float) -> str:
+        """Switch the file to WAL (a property of the file, set once by the first opener).
+
+        The switch needs an exclusive lock and SQLite does not wait on the busy handler
+        for it: processes opening a new database at once get "database is locked", so
+        wait here, within the busy timeout.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                if mode != "wal":
+                    mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+                return mode
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def _run(
+        self, conn: sqlite3.Connection, sql: str, params: Any, many: bool
+    ) -> tuple[list[Row], int, int]:
         cur = conn.executemany(sql, params) if many else conn.execute(sql, params)
         rows = cur.fetchall() if cur.description else []
         return rows, cur.rowcount, cur.lastrowid or 0

@@ -123,7 +123,8 @@ def _parse_sqlite(rest: str, env: dict[str, str] | None) -> DbUrl:
         path = Path(path_part)
     else:
         path = Path.cwd() / path_part
-    return DbUrl("sqlite", path=os.path.normpath(path), options=_options(parse_qsl(query, keep_blank_values=True), _SQLITE_OPTIONS))
+    options = _options(parse_qsl(query, keep_blank_values=True), _SQLITE_OPTIONS)
+    return DbUrl("sqlite", path=os.path.normpath(path), options=options)
 
 
 def _parse_mysql(rest: str) -> DbUrl:

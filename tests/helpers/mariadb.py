@@ -130,6 +130,9 @@ class MariaDB:
             "--no-defaults",
             "--auth-root-authentication-method=normal",
             f"--datadir={self.datadir}",
+            # Its own temporary directory: the bootstrap's temporary tables in a shared
+            # /tmp were seen to vanish under a concurrent install (ERROR 1051).
+            f"--tmpdir={self.basedir}",
             "--skip-test-db",
             "--skip-name-resolve",
             *_FAST_INNODB,
