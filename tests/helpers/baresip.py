@@ -213,8 +213,10 @@ class Baresip:
     def start(self, timeout: float = 5.0) -> None:
         write_config(self.directory, self.config)
         self._log = open(self.log_path, "wb")
-        self.proc = self.topo.spawn(self.host, [BARESIP, "-s", "-f", str(self.directory)],
-                                    stdout=self._log)
+        # stdout to a file is block-buffered: line-buffer it so that the SIP trace and
+        # the end-of-call RTP stats are in the log when the test reads them
+        self.proc = self.topo.spawn(self.host, ["stdbuf", "-oL", "-eL", BARESIP, "-s", "-f",
+                                                str(self.directory)], stdout=self._log)
         self.ctrl = CtrlClient(wait_until(self._connect, timeout, 0.02,
                                           f"baresip ctrl_tcp in {self.host.role}"))
 
@@ -280,10 +282,16 @@ class Baresip:
         except FileNotFoundError:
             return ""
 
-    def rtp_stats(self) -> list[tuple[int, int]]:
-        """(tx, rx) packets per finished call, from the log (baresip prints them when
-        a call ends)."""
-        return [(int(a), int(b)) for a, b in _STATS.findall(self.log_text())]
+    def rtp_stats(self, calls: int = 1, timeout: float = 3.0) -> list[tuple[int, int]]:
+        """(tx, rx) packets per finished call, from the log: baresip prints them as a
+        call ends, just after CALL_CLOSED, so wait (bounded) until `calls` are there."""
+        def read() -> list[tuple[int, int]]:
+            return [(int(a), int(b)) for a, b in _STATS.findall(self.log_text())]
+        try:
+            return wait_until(lambda: len(read()) >= calls and read(), timeout, 0.05,
+                              f"RTP stats of {calls} call(s) at {self.config.user}")
+        except TimeoutError:
+            return read()
 
     def sip_received(self) -> list[TracedMessage]:
         """SIP messages that reached this UA (from its trace, `-s`)."""

@@ -250,6 +250,10 @@ class RefServer:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.db_path)
+        # WAL: provisioning while kamailio runs must not lock its readers out (in the
+        # default rollback mode a read racing a write fails with "database is locked",
+        # and kamailio's db_sqlite then keeps failing; persistent in the file)
+        db.execute("PRAGMA journal_mode=WAL")
         with db:
             db.executescript(_SUBSCRIBER_SCHEMA)
         db.close()
@@ -259,7 +263,7 @@ class RefServer:
         return self.workdir / "kam.db"
 
     def provision(self, user: str, password: str) -> None:
-        db = sqlite3.connect(self.db_path)
+        db = sqlite3.connect(self.db_path, timeout=10.0)
         with db:
             db.execute("INSERT OR REPLACE INTO subscriber (username, domain, password) "
                        "VALUES (?, ?, ?)", (user, "", password))
