@@ -187,7 +187,9 @@ class MariaDB:
             if self._wait_ready():
                 self.start_seconds = time.monotonic() - t0
                 return self.start_seconds
-            log_tail = self.error_log.read_text(errors="replace")[-3000:] if self.error_log.exists() else ""
+            log_tail = ""
+            if self.error_log.exists():
+                log_tail = self.error_log.read_text(errors="replace")[-3000:]
             self.stop()
             if "Address already in use" not in log_tail or attempt == 2:
                 raise RuntimeError(f"mariadbd did not start:\n{log_tail}")
@@ -237,7 +239,10 @@ class MariaDB:
         try:
             with conn.cursor() as cur:
                 for host in ("127.0.0.1", "localhost"):
-                    cur.execute(f"CREATE USER IF NOT EXISTS '{USER}'@'{host}' IDENTIFIED BY %s", (PASSWORD,))
+                    cur.execute(
+                        f"CREATE USER IF NOT EXISTS '{USER}'@'{host}' IDENTIFIED BY %s",
+                        (PASSWORD,),
+                    )
                     cur.execute(f"GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'{host}'")
         finally:
             conn.close()
