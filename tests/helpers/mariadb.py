@@ -5,6 +5,9 @@ Use from any conftest.py (fixtures are found by name in the conftest's namespace
 
     from tests.helpers.mariadb import db_url, mariadb_server, mariadb_url  # noqa: F401
 
+or once for the whole suite, in tests/conftest.py: ``pytest_plugins =
+("tests.helpers.mariadb",)``. Either way a process starts one server at most.
+
 - ``mariadb_server`` (session scope): one ``MariaDB`` per pytest process, so one per
   xdist worker. Its data directory lives under the worker's tmp dir and is deleted at
   the end. Start-up costs about 1.5 s (``mariadb-install-db`` ~1.2 s + ``mariadbd`` to
@@ -302,16 +305,27 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+# Each conftest.py that imports the fixtures gets its own session-scoped copy of them;
+# this keeps it to one server per process all the same.
+_SERVERS: dict[int, MariaDB] = {}
+
+
 @pytest.fixture(scope="session")
 def mariadb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MariaDB]:
     """One throwaway MariaDB for this pytest process (one per xdist worker)."""
+    shared = _SERVERS.get(os.getpid())
+    if shared is not None:
+        yield shared
+        return
     reason = mariadb_missing()
     if reason:
         _skip_or_fail(reason)
     server = start_mariadb(tmp_path_factory.mktemp("mariadb"))
+    _SERVERS[os.getpid()] = server
     try:
         yield server
     finally:
+        _SERVERS.pop(os.getpid(), None)
         server.cleanup()
 
 
