@@ -225,6 +225,11 @@ class Transactions:
         self.stray = 0
         self.final_retransmissions = 0
         self.open = 0
+        # for checking against what the server counted: requests by method (first
+        # copies and retransmissions alike) and responses by status
+        self.by_method: dict[bytes, int] = {}
+        self.retrans_by_method: dict[bytes, int] = {}
+        self.by_status = [0] * 700
         loop.pollers.append(self.poll)
 
     def sync(self) -> None:
@@ -235,6 +240,17 @@ class Transactions:
         c["retransmissions"] = self.retransmissions
         c["stray"] = self.stray
         c["final_retransmissions"] = self.final_retransmissions
+        for method, n in self.by_method.items():
+            c["sent_" + method.decode()] = n
+        for method, n in self.retrans_by_method.items():
+            c["retransmissions_" + method.decode()] = n
+        for status, n in enumerate(self.by_status):
+            if n:
+                c["responses_%d" % status] = n
+
+    def count_request(self, method: bytes) -> None:
+        """A request sent outside a client transaction (ACK)."""
+        self.by_method[method] = self.by_method.get(method, 0) + 1
 
     def send(self, sock: socket.socket, addr: Addr, key: bytes, data: bytes,
              method: bytes, cb: TxnCallback, ctx: Any, now: float, prov: bool = False) -> Txn:
@@ -258,6 +274,7 @@ class Transactions:
         t.prov = prov
         self.txns[key] = t
         self.open += 1
+        self.by_method[method] = self.by_method.get(method, 0) + 1
         try:
             if addr is None:
                 sock.send(data)
@@ -321,6 +338,9 @@ class Transactions:
         self.send_stateless(t.sock, t.data, t.addr)
         t.retrans += 1
         self.retransmissions += 1
+        m = t.method
+        self.by_method[m] += 1
+        self.retrans_by_method[m] = self.retrans_by_method.get(m, 0) + 1
         if t.state == PROCEEDING:
             t.interval = self.t2
         else:
@@ -337,7 +357,8 @@ class Transactions:
             return
         try:
             status = int(buf[8:11])
-        except ValueError:
+            self.by_status[status] += 1
+        except (ValueError, IndexError):
             self.stray += 1
             return
         if t.state == COMPLETED:
@@ -345,6 +366,7 @@ class Transactions:
                 self.final_retransmissions += 1
                 if t.ack is not None:
                     self.send_stateless(t.sock, t.ack, t.addr)
+                    self.by_method[b"ACK"] = self.by_method.get(b"ACK", 0) + 1
             return
         if status < 200:
             t.state = PROCEEDING

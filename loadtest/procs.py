@@ -115,13 +115,13 @@ def run_local(cfg: Settings, sink: RowSink | None = None,
         start = scn.start
 
         def load(now: float) -> float:
-            if rc.done(now):
-                return -1.0
             n = rc.due(now)
             if n:
                 rc.started += n
                 for _ in range(n):
                     start(now)
+            if rc.done(now):
+                return -1.0
             return rc.next_at()
 
         loop.run(load)

@@ -181,6 +181,7 @@ class CallScenario(Scenario):
                          call.ruri, self.via, t.key, call.caller.name, self.domain, call.ftag,
                          call.ruri, tag, call.cid, call.cseq, UA))
             self.tx.send_stateless(self.uac, t.ack, self.peer)
+            self.tx.count_request(b"ACK")
             if status in (401, 407) and call.state == CallState.INVITING:
                 self.record("INVITE %d" % status, now - call.t_inv)
                 ch = sipmsg.challenge(buf, status)
@@ -221,6 +222,7 @@ class CallScenario(Scenario):
                      call.target, self.via, key, call.route, call.caller.name, self.domain,
                      call.ftag, call.ruri, call.rtag, call.cid, call.cseq, UA))
         self.tx.send_stateless(self.uac, t.ack, self.peer)
+        self.tx.count_request(b"ACK")
         call.state = CallState.UP
         if call.rtp is not None:
             body = buf[buf.find(b"\r\n\r\n") + 4:]
@@ -294,9 +296,6 @@ class CallScenario(Scenario):
             return
         if method == b"INVITE":
             self._uas_invite(call, req, addr, now)
-        elif method == b"ACK":
-            c["uas_acks"] += 1
-            call.uas_acked = True
         elif method == b"BYE":
             c["uas_byes"] += 1
             if not call.uas_acked:

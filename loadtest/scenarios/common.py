@@ -318,7 +318,10 @@ class Registrar:
 
     def _done(self, reg: Reg, ok: bool, cause: str, now: float) -> None:
         self.open -= 1
-        if not ok:
+        c = self.scn.stats.counters
+        if ok:
+            c["regs_accepted"] = c.get("regs_accepted", 0) + 1    # clears included
+        else:
             self.scn.stats.fail(self.prefix + cause)
         reg.on_done(reg, ok, now)
 
