@@ -25,8 +25,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.helpers.netns import Host, Topology, wait_until
 
@@ -199,8 +200,7 @@ class Baresip:
     directory: Path
     proc: subprocess.Popen | None = None
     ctrl: CtrlClient | None = None
-    _log: object = None
-    _finished: list[dict] = field(default_factory=list)
+    _log: IO[bytes] | None = None
 
     @property
     def aor(self) -> str:

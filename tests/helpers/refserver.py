@@ -313,16 +313,16 @@ class RefServer:
         result = self.rpc.call("ul.dump")
         out = []
         for dom in (result or {}).get("Domains", []):
-            for aor in dom.get("Domain", {}).get("AoRs", []) or []:
+            for aor in dom.get("Domain", {}).get("AoRs") or []:
                 info = aor.get("Info", {})
-                for c in info.get("Contacts", []) or []:
+                for c in info.get("Contacts") or []:
                     c = c.get("Contact", c)
                     rcv = c.get("Received")
                     out.append(Registration(
                         aor=str(info.get("AoR", "")).partition("@")[0],
                         contact=c.get("Address", ""),
                         received=rcv if rcv and rcv != "[not set]" else None,
-                        expires=int(c.get("Expires", 0)) if str(c.get("Expires", "0")).lstrip("-").isdigit() else 0))
+                        expires=_int(c.get("Expires"))))
         return out
 
     def relay_sessions(self) -> list[RelaySession]:
@@ -376,6 +376,14 @@ class RefServer:
         if self.rundir is not None:
             shutil.rmtree(self.rundir, ignore_errors=True)
             self.rundir = None
+
+
+def _int(v: object) -> int:
+    """kamailio prints "permanent" or "deleted" where a number of seconds would be."""
+    try:
+        return int(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
 
 
 _SUBSCRIBER_SCHEMA = """

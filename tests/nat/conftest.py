@@ -9,8 +9,8 @@ A test asks for `nat_lab` and builds what it needs:
 
 Teardown runs in the right order (UAs, server, then every namespace, also when the test
 failed) and prints the server's and the UAs' logs when the test failed. At the end of
-the session every namespace this process created is swept, and at its start those of
-dead test processes are.
+the session every namespace this process created is swept; before its first network a
+process sweeps those of dead test processes (a SIGKILLed run cannot clean up).
 
 Server kinds: `SERVER_KINDS` maps a name to (factory, problem-check). "reference" is
 kamailio + rtpengine. natserver's implementation goes where marked below.
@@ -19,6 +19,7 @@ kamailio + rtpengine. natserver's implementation goes where marked below.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -33,7 +34,7 @@ from tests.helpers import netns
 from tests.helpers.baresip import Baresip, UaConfig, baresip_problem
 from tests.helpers.netns import Host, NatMode, RouterSpec, Topology, wait_until
 from tests.helpers.pjua import PjUa, pjsua2_problem
-from tests.helpers.refserver import (RELAY_PORTS, RefServer, RelaySession, ServerUnderTest,
+from tests.helpers.refserver import (RefServer, RelaySession, ServerUnderTest,
                                      reference_problem)
 from tests.helpers.tonecheck import dominant_tone
 
@@ -77,7 +78,7 @@ SERVER_KINDS: dict[str, tuple[ServerFactory, Callable[[], str | None]]] = {
 
 
 def tone_of(user: str) -> int:
-    """ua1 -> 440, ua2 -> 840, pua1 -> 2840 ...: stable per user name."""
+    """ua1 -> 440, ua2 -> 840, pua1 -> 2440 ...: stable per user name."""
     digits = "".join(ch for ch in user if ch.isdigit()) or "1"
     base = 0 if user.startswith("ua") else 5
     return TONES[(base + int(digits) - 1) % len(TONES)]
@@ -87,6 +88,16 @@ def skip_unless_nat() -> None:
     reason = netns.environment_problem()
     if reason:
         pytest.skip(reason)
+    _sweep_stale_once()
+
+
+@functools.cache
+def _sweep_stale_once() -> None:
+    # here, not in pytest_sessionstart: a conftest below the rootdir is only loaded
+    # during collection, after the session started
+    left = netns.sweep_stale()
+    if left:
+        log.warning("removed namespaces of dead test runs: %s", left)
 
 
 @dataclass
@@ -300,11 +311,6 @@ def nat_lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[NatLab]:
         if rep is not None and rep.failed:
             print(lab.dump_logs())  # shown in the report's captured teardown output
         lab.close()
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if netns.environment_problem() is None:
-        netns.sweep_stale()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
