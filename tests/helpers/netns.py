@@ -194,7 +194,8 @@ def list_namespaces(prefix: str) -> list[str]:
 
 def pids_in(namespaces: Iterable[str]) -> dict[int, str]:
     """pid -> namespace name, for every live process in any of `namespaces`
-    (what `ip netns pids` does, for several namespaces in one /proc scan)."""
+    (what `ip netns pids` does, for several namespaces in one /proc scan). Zombies
+    have left their namespace and are not listed; their parent reaps them."""
     inodes: dict[tuple[int, int], str] = {}
     for ns in namespaces:
         try:
@@ -234,24 +235,12 @@ def kill_namespace_processes(namespaces: Sequence[str], grace: float = 1.0) -> N
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        _reap_children()
         time.sleep(0.02)
         if sig == signal.SIGKILL and time.monotonic() > deadline + 3.0:
             break
     left = pids_in(namespaces)
     if left:
         log.error("processes survived SIGKILL in test namespaces: %s", left)
-
-
-def _reap_children() -> None:
-    """Collect our own dead children so they stop showing up (they would be zombies)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def delete_namespaces(namespaces: Sequence[str]) -> None:

@@ -89,6 +89,7 @@ def run_ua(a: argparse.Namespace) -> None:
     tone.play(tones, True)
 
     calls: dict[int, object] = {}
+    finished: list[object] = []
     state = {"quit": False, "talk_until": None, "recorded": 0}
 
     def stats(call: pj.Call) -> dict:
@@ -116,9 +117,11 @@ def run_ua(a: argparse.Namespace) -> None:
                 emit(ev="stats", call_id=ci.callIdString, **self.last_stats)
                 emit(ev="closed", call_id=ci.callIdString, code=ci.lastStatusCode,
                      reason=ci.lastReason)
-                # the WAV header gets its sizes only when the recorder is destroyed
+                # stop recording (this build leaves the WAV sizes at 0 even so:
+                # tonecheck reads such files); keep the Call object referenced, its
+                # destructor after a disconnect trips a pjsua assertion
                 self.recorder = None
-                calls.pop(ci.id, None)
+                finished.append(calls.pop(ci.id, self))
                 if a.call and a.exit_after_call:
                     state["quit"] = True
 
