@@ -331,19 +331,23 @@ class Trial:
 
 def search_max_rate(cfg: Settings, procs: int, *, max_failures: float = 0.01,
                     steps: int = 6, pause: float = 2.0,
-                    on_trial: Callable[[Trial], None] | None = None) -> tuple[float, list[Trial]]:
+                    on_trial: Callable[[Trial], None] | None = None,
+                    runner: Callable[[Settings, int], Stats] = run_parallel,
+                    ) -> tuple[float, list[Trial]]:
     """The highest rate with fewer than ``max_failures`` failed units: double from
     ``cfg.rate`` until a trial fails (or the generator cannot reach the rate), then
-    bisect ``steps`` times. Each trial lasts ``cfg.duration`` seconds."""
+    bisect ``steps`` times (or until within 3%). Each trial lasts ``cfg.duration``
+    seconds and is followed by ``pause`` seconds for the server to calm down."""
     trials: list[Trial] = []
 
     def trial(rate: float) -> bool:
-        stats = run_parallel(dataclasses.replace(cfg, rate=rate), procs)
+        stats = runner(dataclasses.replace(cfg, rate=rate), procs)
         t = Trial.of(rate, stats, cfg.duration)
         trials.append(t)
         if on_trial is not None:
             on_trial(t)
-        time.sleep(pause)
+        if pause:
+            time.sleep(pause)
         generator_bound = stats.counters.get("skipped", 0) > 0.02 * rate * cfg.duration
         if generator_bound:
             log.warning("the generator fell behind at %.0f/s; add --procs", rate)

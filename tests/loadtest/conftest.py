@@ -46,11 +46,11 @@ def kamailio():
         ns.destroy()
 
 
-def run_generator(kam: Kamailio, tmp_path: Path, *args: str, expect_exit: int | None = None) -> dict[str, Any]:
-    """``python -m loadtest ARGS`` inside Kamailio's namespace; its --json document."""
+def run_generator(server: Any, tmp_path: Path, *args: str, expect_exit: int | None = None) -> dict[str, Any]:
+    """``python -m loadtest ARGS`` inside the server's namespace; its --json document."""
     out = tmp_path / f"run-{os.urandom(4).hex()}.json"
-    cmd = ["ip", "netns", "exec", kam.netns, sys.executable, "-m", "loadtest", *args,
-           "-t", f"{kam.host}:{kam.port}", "--json", str(out), "-q"]
+    cmd = ["ip", "netns", "exec", server.netns, sys.executable, "-m", "loadtest", *args,
+           "-t", f"{server.host}:{server.port}", "--json", str(out), "-q"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=str(ROOT), timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if expect_exit is not None:
@@ -61,3 +61,32 @@ def run_generator(kam: Kamailio, tmp_path: Path, *args: str, expect_exit: int | 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
+@pytest.fixture(scope="module")
+def natserver():
+    """natserver from conf/natserver.cfg (children=2) in its own namespace; ``.users_ready``
+    tells whether ``natserverctl add`` could provision the users."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the server under test runs in its own network namespace")
+    from loadtest.compare import NatserverProc, NotReady
+    from tests.helpers.server import Netns
+    ns = Netns("ltn")
+    users = [(u, b"wrong-" + p if u in WRONG else p) for u, p in rule_users(USERS)]
+    srv = NatserverProc(users, children=2, netns=ns.name)
+    srv.users_ready = False
+    srv.not_ready = ""
+    try:
+        try:
+            srv.start()
+        except NotReady as exc:
+            pytest.skip(f"natserver cannot run: {exc}")
+        try:
+            srv.provision()
+            srv.users_ready = True
+        except NotReady as exc:
+            srv.not_ready = str(exc)
+        yield srv
+    finally:
+        srv.stop()
+        ns.destroy()

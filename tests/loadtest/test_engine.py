@@ -102,3 +102,26 @@ def test_transaction_times_out_with_status_zero():
     assert 0.4 <= elapsed < 2.0
     # non-INVITE: T1 doubling capped at T2 - at 0.05, 0.15, 0.25, 0.35 s
     assert resp.received["OPTIONS"] == 5
+
+
+def test_max_rate_search_brackets_the_knee():
+    """The search logic alone, over a server model whose failures start at 1234/s: a
+    deterministic stand-in for runs that take minutes on a real server."""
+    from loadtest.procs import search_max_rate
+    from loadtest.scenarios.common import Settings
+
+    def model(cfg: Settings, procs: int) -> Stats:
+        stats = Stats(primary="x")
+        n = int(cfg.rate * cfg.duration)
+        stats.counters.update(started=n, ok=n)
+        if cfg.rate > 1234:
+            stats.fail("timeout", n // 10)
+        stats.hist("x").record(0.001)
+        return stats
+
+    best, trials = search_max_rate(Settings(rate=100, duration=2), 1, pause=0, runner=model,
+                                   steps=10)
+    assert 1234 / 1.03 <= best <= 1234
+    assert [t.rate for t in trials[:5]] == [100, 200, 400, 800, 1600]
+    assert all(t.failure_ratio == 0 for t in trials if t.rate <= 1234)
+    assert all(t.failure_ratio > 0.01 for t in trials if t.rate > 1234)
