@@ -15,6 +15,7 @@ import time
 import timeit
 from collections.abc import Callable
 
+from natserver.errors import SipError
 from natserver.sip.build import build_forward_reply, build_forward_request, build_reply
 from natserver.sip.edits import Edits
 from natserver.sip.headers import Hdr
@@ -140,15 +141,35 @@ def run(n: int) -> list[tuple[str, float]]:
         ("parse + build_reply 401 (REGISTER)", lambda: build_reply(
             Message.parse(REGISTER), 401, "Unauthorized", src=SRC, to_tag=b"a6c85cf.1d2e")),
     ]
-    return [(name, _per_call(fn, n)) for name, fn in cases]
+    out = [(name, _per_call(fn, n)) for name, fn in cases]
+    # Hostile 60 kB datagrams: every step must stay linear (two regexes once were not).
+    colonless = INVITE.replace(b"User-Agent: Zoiper rv2.10.19.4", b"x" * 60000)
+    blanks = INVITE.replace(b"Zoiper rv2.10.19.4", b"a" + b" " * 60000 + b"x\r\n b")
+    worst: list[tuple[str, Callable[[], object]]] = [
+        ("60 kB header line without a colon (400)", lambda: _refused(colonless)),
+        ("60 kB folded value, parse + unfold", lambda: Message.parse(blanks, 70000).find(
+            b"User-Agent").value),  # type: ignore[union-attr]
+    ]
+    out += [(name, _per_call(fn, max(n // 100, 10))) for name, fn in worst]
+    return out
+
+
+def _refused(data: bytes) -> None:
+    try:
+        Message.parse(data, 70000)
+    except SipError:
+        return
+    raise AssertionError("a datagram with a colon-less line was accepted")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=20000, help="calls per timing run (5 runs)")
     args = ap.parse_args(argv)
+    ref = _per_call(lambda: sum(range(100)), args.n)
     print(f"python {platform.python_version()} on {platform.machine()}; "
-          f"REGISTER {len(REGISTER)} B, INVITE {len(INVITE)} B; us per message, best of 5")
+          f"REGISTER {len(REGISTER)} B, INVITE {len(INVITE)} B; CPU us per call, best of 5")
+    print(f"  {'(machine speed: sum(range(100)))':42s} {ref:7.2f} us")
     for name, us in run(args.n):
         print(f"  {name:42s} {us:7.2f} us")
     return 0

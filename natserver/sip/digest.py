@@ -42,7 +42,13 @@ _TOKEN = rb"[A-Za-z0-9\-.!%*_+`'~]+"
 _SCHEME = re.compile(_W + rb"(" + _TOKEN + rb")(?:[ \t\r\n]+|$)")
 _ITEM = re.compile(_W + rb"(" + _TOKEN + rb")" + _W + rb"=" + _W
                    + rb'("(?:[^"\\]|\\.)*+"|[^\x00-\x20\x7f,"]+)' + _W, re.S)
-_SEP = re.compile(_W + rb"(?:," + _W + rb")*")
+# The whole k=v list in one possessive regex (no backtracking; empty items after a comma
+# tolerated); once it matched, findall(_ITEM) returns exactly its items.
+_P = rb"[ \t\r\n]*+"
+_ITEM_NC = (_P + _TOKEN + rb"+" + _P + rb"=" + _P
+            + rb'(?:"(?:[^"\\]|\\.)*+"|[^\x00-\x20\x7f,"]++)' + _P)
+_LIST = re.compile(rb"(?:" + _ITEM_NC + rb"(?:(?:," + _P + rb")++" + _ITEM_NC + rb")*+(?:,"
+                   + _P + rb")*+)?+", re.S)
 _UNESCAPE = re.compile(rb"\\(.)", re.S)
 _HEX = re.compile(r"[0-9a-f]+")
 
@@ -108,22 +114,15 @@ def _auth_params(data: bytes, start: int, end: int, header: str) -> tuple[str, d
     params: dict[str, str] = {}
     if scheme != "digest":
         return scheme, params
-    pos = m.end()
+    if _LIST.fullmatch(data, m.end(), end) is None:
+        raise SipError(400, f"Bad {header} header")
     try:
-        while pos < end:
-            item = _ITEM.match(data, pos, end)
-            if item is None:
-                raise SipError(400, f"Bad {header} header")
-            value = item.group(2)
+        for name, value in _ITEM.findall(data, m.end(), end):
             if value[:1] == b'"':
-                value = _UNESCAPE.sub(rb"\1", value[1:-1])
-            name = item.group(1).decode("ascii").lower()
-            params.setdefault(name, value.decode("utf-8"))
-            pos = item.end()
-            if pos < end:
-                if data[pos] != 44:  # ','
-                    raise SipError(400, f"Bad {header} header")
-                pos = _SEP.match(data, pos + 1, end).end()  # type: ignore[union-attr]
+                value = value[1:-1]
+                if b"\\" in value:
+                    value = _UNESCAPE.sub(rb"\1", value)
+            params.setdefault(name.decode("ascii").lower(), value.decode("utf-8"))
     except UnicodeDecodeError:
         raise SipError(400, f"Bad {header} header") from None
     return scheme, params

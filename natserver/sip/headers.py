@@ -143,7 +143,6 @@ PARAMS = rb"(?:" + W + rb";" + W + TOKEN + rb"(?:" + W + rb"=" + W + PVALUE + rb
 _PARAM = re.compile(rb";" + W + rb"(" + TOKEN + rb")(?:" + W + rb"=" + W + rb"(" + PVALUE
                     + rb"))?", re.S)
 _UNESCAPE = re.compile(rb"\\(.)", re.S)
-_WSRUN = re.compile(rb"[ \t]*\r?\n[ \t]+")
 
 
 def unquote(value: bytes) -> bytes:
@@ -155,8 +154,12 @@ def unquote(value: bytes) -> bytes:
 
 
 def unfold(value: bytes) -> bytes:
-    """A header value with each fold (CRLF + white space) turned into one space."""
-    return _WSRUN.sub(b" ", value) if b"\n" in value else value
+    """A header value with each fold (the white space around a line break) turned into
+    one space. Split, not a regex: ``[ \t]*\r?\n`` retried at every blank of a long
+    run is quadratic (37 s for 60 kB)."""
+    if b"\n" not in value:
+        return value
+    return b" ".join([p for p in (p.strip(b" \t\r") for p in value.split(b"\n")) if p])
 
 
 def parse_params(buf: bytes, start: int, end: int) -> dict[str, str | None]:
@@ -441,26 +444,18 @@ def parse_content_type(buf: bytes, start: int, end: int) -> bytes:
     return m.group(1).lower() + b"/" + m.group(2).lower()
 
 
-_TOKEN_ITEM = re.compile(W + rb"(" + TOKEN + rb")" + W)
+# The whole list checked by one regex (possessive: no backtracking), then split on commas.
+_TOKEN_LIST = re.compile(W + TOKEN + rb"+" + W + rb"+(?:," + W + rb"+" + TOKEN + rb"+" + W
+                         + rb"+)*+")
 
 
 def parse_tokens(buf: bytes, start: int, end: int, hdr: int) -> list[str]:
     """A comma list of tokens (Supported, Require, Allow...), lower-cased."""
-    out: list[str] = []
-    pos = start
-    if not buf[start:end].strip():
-        return out  # "Supported:" with nothing is allowed
-    while True:
-        m = _TOKEN_ITEM.match(buf, pos, end)
-        if m is None:
-            raise bad(hdr)
-        out.append(m.group(1).decode("ascii").lower())
-        pos = m.end()
-        if pos >= end:
-            return out
-        if buf[pos] != 44:
-            raise bad(hdr)
-        pos += 1
+    if _TOKEN_LIST.fullmatch(buf, start, end) is None:
+        if not buf[start:end].strip():
+            return []  # "Supported:" with nothing is allowed
+        raise bad(hdr)
+    return [t.strip() for t in buf[start:end].decode("ascii").lower().split(",")]
 
 
 # Value kind (the table's last column) -> parser(buf, start, end, hdr).
