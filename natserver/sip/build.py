@@ -153,7 +153,8 @@ def build_reply(msg: Message, status: int, reason: bytes | str, *, src: tuple[st
 def _fix_content_length(msg: Message, edits: Edits) -> None:
     """Make Content-Length tell the size of the outgoing body (added when missing)."""
     size = msg.body_end - msg.body_start + edits.delta(msg.body_start, msg.body_end)
-    fields = msg.get_all(_CL)
+    # rows a script removed (remove_hf) no longer count
+    fields = [f for f in msg.get_all(_CL) if not edits.covers(f.start, f.end)]
     if not fields:
         edits.insert(msg.headers_end, b"Content-Length: %d\r\n" % size)
     elif size != msg.content_length:

@@ -164,7 +164,7 @@ _HASHES: dict[str, Callable[[bytes], hashlib._Hash]] = {
 }
 
 
-def algorithm(name: str) -> tuple[Callable[[bytes], hashlib._Hash], bool]:
+def hash_for(name: str) -> tuple[Callable[[bytes], hashlib._Hash], bool]:
     """The hash function of an algorithm name and whether it is a ``-sess`` variant."""
     upper = name.upper()
     sess = upper.endswith("-SESS")
@@ -185,7 +185,7 @@ def _h(fn: Callable[[bytes], hashlib._Hash], *parts: str | bytes) -> str:
 def ha1(username: str | bytes, realm: str | bytes, password: str | bytes,
         algo: str = "MD5", nonce: str | None = None, cnonce: str | None = None) -> str:
     """HA1 = H(user:realm:password); for ``-sess`` also H(HA1:nonce:cnonce)."""
-    fn, sess = algorithm(algo)
+    fn, sess = hash_for(algo)
     value = _h(fn, username, realm, password)
     if sess:
         value = sess_ha1(value, nonce or "", cnonce or "", algo)
@@ -194,13 +194,13 @@ def ha1(username: str | bytes, realm: str | bytes, password: str | bytes,
 
 def sess_ha1(ha1_hex: str, nonce: str, cnonce: str, algo: str = "MD5-sess") -> str:
     """The session HA1 of a ``-sess`` algorithm from the stored (plain) HA1."""
-    return _h(algorithm(algo)[0], ha1_hex, nonce, cnonce)
+    return _h(hash_for(algo)[0], ha1_hex, nonce, cnonce)
 
 
 def ha2(method: str | bytes, uri: str | bytes, qop: str | None = None, body: bytes = b"",
         algo: str = "MD5") -> str:
     """HA2 = H(method:uri), or H(method:uri:H(body)) for ``auth-int``."""
-    fn = algorithm(algo)[0]
+    fn = hash_for(algo)[0]
     if qop == "auth-int":
         return _h(fn, method, uri, fn(body).hexdigest())
     return _h(fn, method, uri)
@@ -209,7 +209,7 @@ def ha2(method: str | bytes, uri: str | bytes, qop: str | None = None, body: byt
 def response(ha1_hex: str, nonce: str, ha2_hex: str, qop: str | None = None,
              nc: str | None = None, cnonce: str | None = None, algo: str = "MD5") -> str:
     """The request-digest: H(HA1:nonce:HA2), or H(HA1:nonce:nc:cnonce:qop:HA2) with qop."""
-    fn = algorithm(algo)[0]
+    fn = hash_for(algo)[0]
     if qop:
         return _h(fn, ha1_hex, nonce, nc or "", cnonce or "", qop, ha2_hex)
     return _h(fn, ha1_hex, nonce, ha2_hex)
@@ -220,7 +220,7 @@ def expected_response(creds: Credentials, method: str | bytes, ha1_hex: str,
     """The response the credentials should carry, given the user's plain HA1 (the
     ``-sess`` step is applied here)."""
     algo = creds.algorithm
-    if algorithm(algo)[1]:
+    if hash_for(algo)[1]:
         ha1_hex = sess_ha1(ha1_hex, creds.nonce or "", creds.cnonce or "", algo)
     return response(ha1_hex, creds.nonce or "", ha2(method, creds.uri or "", creds.qop, body,
                                                      algo),
@@ -269,7 +269,7 @@ def make_credentials(challenge: Challenge, username: str, password: str,
     if qop is None and challenge.qop:
         qop = "auth" if "auth" in challenge.qop else challenge.qop[0]
     nc_text = f"{nc:08x}" if qop else None
-    sess = algorithm(algo)[1]
+    sess = hash_for(algo)[1]
     if not (qop or sess):
         cnonce = None
     elif cnonce is None:

@@ -74,6 +74,10 @@ class Edits:
         """The edits in the order they are applied (offset order, then call order)."""
         return iter([(s, e, d) for s, e, d, _ in sorted(self._ops, key=_key)])
 
+    def covers(self, start: int, end: int) -> bool:
+        """Is ``buf[start:end]`` inside one edit's span (deleted or replaced as a whole)?"""
+        return any(s <= start and end <= e and s < e for s, e, _, _ in self._ops)
+
     def delta(self, lo: int, hi: int) -> int:
         """How many bytes the edits inside ``[lo, hi]`` add (negative: remove). An edit
         crossing ``lo`` or ``hi`` raises ValueError: it would cut the region in two."""

@@ -226,6 +226,18 @@ def test_forward_request_adds_missing_content_length_and_keeps_compact_name() ->
     assert out.endswith(b"\r\nl: 5\r\n\r\nv=0\r\n")
 
 
+def test_forward_request_after_content_length_row_was_removed() -> None:
+    m = Message.parse(INVITE)
+    e = Edits()
+    f = m.get(Hdr.CONTENT_LENGTH)
+    e.delete(f.start, f.end)
+    e.append_body(m, b"a=x\r\n")
+    out = build_forward_request(m, e, via=OUR_VIA, src=NAT)
+    fwd = Message.parse(out)
+    assert len(fwd.get_all(Hdr.CONTENT_LENGTH)) == 1
+    assert fwd.content_length == len(SDP) + 5 == len(fwd.body)
+
+
 def test_forward_request_conflicting_edit_is_refused() -> None:
     m = Message.parse(INVITE)
     e = Edits()

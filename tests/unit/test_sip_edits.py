@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natserver.sip.edits import Edits
@@ -83,6 +83,14 @@ def test_bad_spans() -> None:
         e.apply(BUF, 10)          # beyond the part of the buffer sent
 
 
+def test_covers() -> None:
+    e = Edits()
+    e.delete(2, 8)
+    e.insert(10, b"x")
+    assert e.covers(2, 8) and e.covers(3, 5)
+    assert not e.covers(1, 5) and not e.covers(7, 9) and not e.covers(10, 10)
+
+
 def test_copy_is_independent() -> None:
     e = Edits()
     e.insert(1, b"a")
@@ -117,6 +125,7 @@ def test_body_helpers() -> None:
     assert e.delta(m.body_start, m.body_end) == 6
 
 
+@settings(database=None, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 5), st.binary(max_size=4)),
                 max_size=12))
 def test_apply_equals_naive_splicing(ops: list[tuple[int, int, bytes]]) -> None:
