@@ -315,3 +315,35 @@ def test_sockaddr_ipv6():
     raw = fastio.sockaddr("2001:db8::1", 5004)
     assert len(raw) == 28 and fastio.unpack_sockaddr(raw) == ("2001:db8::1", 5004)
     assert len(fastio.sockaddr("127.0.0.1", 5004)) == 16
+
+
+def test_ipv6_relay_forwards_both_ways():
+    clock = Clock()
+    engine = Engine("::1", batch=False, clock=clock, tick=0.0)
+    base = 20000 + 2 * random.randrange(0, 4500)
+    store = DictStore()
+    server = ControlServer(store, engine.allocator(PortTable(base, base + 99)),
+                           ControlConfig(advertise="::1"), stats=engine.stats)
+    a, b = (socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) for _ in range(2))
+    try:
+        for s in (a, b):
+            s.bind(("::1", 0))
+            s.setblocking(False)
+        reply, out = server.stream(b"U6 c1 ::1 %d tagA" % a.getsockname()[1], clock())
+        engine.apply(out)
+        assert reply.endswith(b" ::1 6\n")
+        pb = P.parse_reply(reply).port
+        reply, out = server.stream(b"L6 c1 ::1 %d tagA tagB" % b.getsockname()[1], clock())
+        engine.apply(out)
+        pa = P.parse_reply(reply).port
+        for i in range(3):
+            a.sendto(rtp(i, b"v6a"), ("::1", pa))
+            b.sendto(rtp(i, b"v6b"), ("::1", pb))
+            for _ in range(3):
+                engine.poll(0.002)
+        assert drain(b) == [rtp(i, b"v6a") for i in range(3)]
+        assert drain(a) == [rtp(i, b"v6b") for i in range(3)]
+    finally:
+        engine.close()
+        a.close()
+        b.close()
