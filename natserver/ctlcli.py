@@ -193,6 +193,7 @@ class CliCommand:
     name: str
     help: str
     render: Callable[[Any], str] = proto.render
+    local: bool = False  # works on the database itself (natserver.ctl_db), not the server
 
 
 COMMANDS: dict[str, CliCommand] = {c.name: c for c in (
@@ -201,6 +202,12 @@ COMMANDS: dict[str, CliCommand] = {c.name: c for c in (
     CliCommand("version", "server version"),
     CliCommand("stats", "per-process counters [names...]", render_stats),
     CliCommand("which", "commands the server answers"),
+    CliCommand("ul", "location: ul show [AOR] | ul rm AOR | ul flush"),
+    CliCommand("add", "add a subscriber: USER@DOMAIN PASSWORD (database)", local=True),
+    CliCommand("rm", "remove a subscriber: USER@DOMAIN (database)", local=True),
+    CliCommand("passwd", "change a password: USER@DOMAIN PASSWORD (database)", local=True),
+    CliCommand("alias", "alias add ALIAS URI | alias rm ALIAS | alias show", local=True),
+    CliCommand("db", "db init [--print]: create the tables (or print the SQL)", local=True),
 )}
 
 
@@ -222,7 +229,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds to wait for the answer")
     parser.add_argument("command", help="command name")
     parser.add_argument("args", nargs="*", help="command arguments")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    command = COMMANDS.get(args.command)
+    if unknown:  # options after a database command are its own (db init --print)
+        if command is None or not command.local:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.args += unknown
     args.cfg_given = args.cfg is not None
     args.cfg = args.cfg or DEFAULT_CFG
     return args
@@ -234,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_USAGE
     out = sys.stdout
+    command = COMMANDS.get(args.command)
+    if command is not None and command.local:
+        return run_local(args, out)
     try:
         target = find_target(args)
         reply, via = call(target, proto.Request(args.command, list(args.args)), args.timeout)
@@ -253,10 +268,28 @@ def main(argv: list[str] | None = None) -> int:
         data = reply.data if via == "socket" else {"text": reply.data}
         out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
-    command = COMMANDS.get(args.command)
     text = reply.data if via == "fifo" else (command.render if command else proto.render)(reply.data)
     if text:
         out.write(text.rstrip("\n") + "\n")
+    return EXIT_OK
+
+
+def run_local(args: argparse.Namespace, out: Any) -> int:
+    """A database command (natserver.ctl_db): printed like a server reply."""
+    from natserver import ctl_db
+    code, data, error = ctl_db.run(args)
+    if code != EXIT_OK:
+        if args.json:
+            out.write(orjson.dumps({"status": code, "error": error}).decode() + "\n")
+        else:
+            sys.stderr.write(f"natserverctl: {error}\n")
+        return code
+    if args.json:
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        text = proto.render(data)
+        if text:
+            out.write(text.rstrip("\n") + "\n")
     return EXIT_OK
 
 
