@@ -140,8 +140,9 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("tm_table_size", _range(64, 1 << 22), 16384, "transactions in shared memory"),
     GlobalParam("ul_table_size", _range(64, 1 << 22), 16384, "location contacts in shared memory"),
     GlobalParam("rtp_table_size", _range(64, 1 << 22), 4096, "RTP relay sessions in shared memory"),
-    GlobalParam("reuseport", _reuseport, "per_worker",
-                "how workers share listen:port: per_worker sockets or one shared socket"),
+    GlobalParam("reuseport", _reuseport, "shared",
+                "how workers share listen:port: one shared socket (default, measured better: "
+                "BENCHMARKS.md) or per_worker SO_REUSEPORT sockets"),
     GlobalParam("pid_file", as_str, "", "pidfile written by the daemon (-P overrides)"),
     GlobalParam("syslog_socket", as_str, "/dev/log", "the syslog socket (tests point it elsewhere)"),
     GlobalParam("ctl_socket", as_str, "", "unix socket path for natserverctl besides the FIFO"),

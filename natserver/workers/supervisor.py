@@ -19,11 +19,16 @@ minute doubles the wait (1, 2, 4 ... 30 s) and says so in the log; a minute of h
 resets it. A crash loop is therefore visible and cheap, never a fork bomb, and the
 other slots keep serving.
 
-Sockets (``reuseport``): ``per_worker`` (default) binds one SO_REUSEPORT socket before
-fork that SIP worker 1 reads and the sending-only processes (timer, natping) send
-from; workers 2..N bind their own SO_REUSEPORT socket after fork, so the kernel gives
-each worker its own queue. ``shared`` binds one socket that every worker reads. With
-``port=0`` the first socket takes a free port and the others follow it.
+Sockets (``reuseport``): ``shared`` (the default) binds one socket before fork that
+every worker reads and the sending-only processes (timer, natping) send from: any idle
+worker takes the next datagram, a dead worker leaves nothing queued behind, and a
+second server on the same port fails to bind. ``per_worker`` binds one SO_REUSEPORT
+socket before fork that SIP worker 1 reads and timer/natping send from; workers 2..N
+bind their own SO_REUSEPORT socket after fork, and the kernel hashes each source
+4-tuple to one worker - so all traffic of one peer (an upstream proxy, a trunk) lands
+on one worker. Measured on 2 cores (loadtest/options_bench.py): shared answers as much
+or more with many clients and far more with one peer; CPU per message is the same.
+With ``port=0`` the first socket takes a free port and the others follow it.
 """
 
 from __future__ import annotations

@@ -135,7 +135,16 @@ def test_children_have_fixed_slots_and_titles(server4):
         assert row["pid"] == kids[row["title"]]
 
 
-def test_options_from_50_sockets_are_spread_over_workers(ns, server4):
+@pytest.mark.parametrize("reuseport", ["shared", "per_worker"])
+def test_options_from_50_sockets_are_spread_over_workers(ns, tmp_path, reuseport):
+    server4 = start(ns, tmp_path, extra=f'reuseport="{reuseport}"').wait_ready()
+    try:
+        spread_over_workers(ns, server4)
+    finally:
+        server4.stop()
+
+
+def spread_over_workers(ns, server4):
     eps = [Endpoint(ns.socket()) for _ in range(50)]
     try:
         for ep in eps:
@@ -383,11 +392,19 @@ def test_check_flag_compiles_and_starts_nothing(ns, tmp_path):
     assert not ns_pids(ns)
 
 
-def test_second_server_on_the_same_port_is_refused(ns, tmp_path, server4):
-    other = tmp_path / "other"
-    other.mkdir()
-    cfg = cfg_text(children=2).replace("port=0", f"port={server4.port}")
-    second = NatServer(ns, cfg, other)
-    assert second.wait_exit(10) == 1
-    assert f"cannot bind udp:127.0.0.1:{server4.port}: Address already in use" in second.log_text()
-    assert set(server4.children()) == EXPECTED4
+@pytest.mark.parametrize("reuseport", ["shared", "per_worker"])
+def test_second_server_on_the_same_port_is_refused(ns, tmp_path, reuseport):
+    """Even with SO_REUSEPORT, which would let the second one join the first's group."""
+    mode = f'reuseport="{reuseport}"'
+    first = start(ns, tmp_path, children=2, extra=mode).wait_ready()
+    try:
+        other = tmp_path / "other"
+        other.mkdir()
+        cfg = cfg_text(children=2, extra=mode).replace("port=0", f"port={first.port}")
+        second = NatServer(ns, cfg, other)
+        assert second.wait_exit(10) == 1
+        assert f"cannot bind udp:127.0.0.1:{first.port}: Address already in use" \
+            in second.log_text()
+        assert len(first.children()) == 5
+    finally:
+        first.stop()
