@@ -1,11 +1,13 @@
-"""The generator's own minimal SIP: request templates, cheap scanning, digest.
+"""The generator's own minimal SIP: cheap scanning of replies, digest, the UAS side's
+request split and replies, SDP.
 
 Independent of natserver on purpose - the generator must load any SIP server, so it
 shares no parser with the thing it measures. It only reads what a load test needs:
 the status code, our own Via branch (every request we send carries a fixed-width
 branch key, so a response finds its transaction with one ``find`` and one slice), the
-To tag, the route set and Contact of a 2xx, and a digest challenge. Requests that
-reach the UAS side are split into header lines once, with one regex.
+To tag, the route set and Contact of a 2xx, and a digest challenge. Requests reaching
+the UAS side are split into lines once; a table of header names (usual spellings and
+compact forms) says which lines a reply copies.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import os
 import re
 from dataclasses import dataclass
 
-MAGIC = b"z9hG4bK"
 BRANCH_AT = b"branch=z9hG4bK"
 # Every key we mint is exactly this long: a response's branch is sliced, not scanned.
 KEY_LEN = 16
@@ -63,8 +64,6 @@ def branch_key(buf: bytes) -> bytes | None:
 
 # -- header scanning ------------------------------------------------------------------
 
-COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id", b"m": b"contact",
-           b"l": b"content-length", b"c": b"content-type", b"k": b"supported"}
 _TO_TAG = re.compile(rb"\r\n(?:to|t)[ \t]*:[^\r\n]*?;[ \t]*tag=([^;,\s>]+)", re.I)
 _CALL_ID = re.compile(rb"\r\n(?:call-id|i)[ \t]*:[ \t]*([^\r\n]+?)[ \t]*\r\n", re.I)
 _CSEQ = re.compile(rb"\r\ncseq[ \t]*:[ \t]*(\d+)[ \t]+([A-Za-z]+)", re.I)

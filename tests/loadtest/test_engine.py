@@ -120,8 +120,31 @@ def test_max_rate_search_brackets_the_knee():
         return stats
 
     best, trials = search_max_rate(Settings(rate=100, duration=2), 1, pause=0, runner=model,
-                                   steps=10)
+                                   steps=10, confirm=1)
     assert 1234 / 1.03 <= best <= 1234
-    assert [t.rate for t in trials[:5]] == [100, 200, 400, 800, 1600]
+    # 1600 failed twice (the confirmation) before the bisection started
+    assert [t.rate for t in trials[:6]] == [100, 200, 400, 800, 1600, 1600]
+    assert trials[4].causes == {"timeout": 320}
     assert all(t.failure_ratio == 0 for t in trials if t.rate <= 1234)
     assert all(t.failure_ratio > 0.01 for t in trials if t.rate > 1234)
+
+
+def test_max_rate_search_retries_a_failed_trial_once():
+    from loadtest.procs import search_max_rate
+    from loadtest.scenarios.common import Settings
+    runs: list[float] = []
+
+    def hiccup_at_400(cfg: Settings, procs: int) -> Stats:
+        runs.append(cfg.rate)
+        stats = Stats(primary="x")
+        n = int(cfg.rate * cfg.duration)
+        stats.counters.update(started=n, ok=n)
+        first_400 = cfg.rate == 400 and runs.count(400) == 1
+        if cfg.rate > 1000 or first_400:
+            stats.fail("timeout", n // 2)
+        return stats
+
+    best, _ = search_max_rate(Settings(rate=100, duration=1), 1, pause=0, runner=hiccup_at_400,
+                              steps=10, confirm=1)
+    assert runs[:4] == [100, 200, 400, 400]
+    assert 1000 / 1.03 <= best <= 1000
