@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from loadtest.procs import Trial, run_parallel, search_max_rate
-from loadtest.report import LiveLine, summary, table, to_html, to_json
+from loadtest.report import LiveLine, summary, table, to_html, to_json, trials_html
 from loadtest.scenarios import SCENARIOS
 from loadtest.scenarios.common import Settings, csv_users, rule_users
 from loadtest.stats import Stats
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                                            on_trial=None if args.quiet else _print_trial)
             extra["max_rate"] = {"rate": best, "max_failures": args.max_failures,
                                  "trials": [dataclasses.asdict(t) for t in trials]}
+            if args.report:
+                args.report.write_text(trials_html(trials, best, args.scenario, command))
             sys.stdout.write(f"max rate with < {100 * args.max_failures:g}% failed: {best:.0f}/s\n")
             stats = None
         else:

@@ -107,6 +107,14 @@ def table(stats: Stats) -> str:
         f"goodput {s['goodput']:.1f}/s  retransmissions {s['retransmissions']}",
         f"  generator CPU {s['generator_cpu_s']:.2f} s = "
         f"{s['generator_cpu_us_per_unit']:.0f} us per unit",
+    ]
+    c = stats.counters
+    if c.get("reg_started"):
+        load = s["seconds"] or 1e-9
+        lines.append(f"  of which calls {c.get('started', 0)} ({c.get('started', 0) / load:.1f}/s, "
+                     f"{c.get('ok', 0)} ok) and registrations {c['reg_started']} "
+                     f"({c['reg_started'] / load:.1f}/s, {c.get('reg_ok', 0)} ok)")
+    lines += [
         "",
         f"  {'response time (ms)':<24}{'n':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}",
     ]
@@ -120,7 +128,6 @@ def table(stats: Stats) -> str:
         lines += ["", "  failures by cause"]
         for cause, n in sorted(stats.causes.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {n:>9}  {cause}")
-    c = stats.counters
     notes = [f"{k} {c[k]}" for k in ("stray", "final_retransmissions", "skipped", "limited",
                                       "send_errors", "uas_retransmissions", "uas_no_ack",
                                       "uas_bye_before_ack", "uas_unknown", "rtp_sent",
@@ -151,7 +158,8 @@ def _nice_max(v: float) -> float:
     return m * 10
 
 
-def svg_chart(title: str, xs: list[float], lines: list[tuple[str, list[float]]], unit: str) -> str:
+def svg_chart(title: str, xs: list[float], lines: list[tuple[str, list[float]]], unit: str,
+              x_unit: str = "s") -> str:
     """One line chart as inline SVG: axes, 5 gridlines, a legend."""
     xmax = max(xs) if xs else 1.0
     ymax = _nice_max(max((max(v) for _, v in lines if v), default=1.0))
@@ -174,7 +182,7 @@ def svg_chart(title: str, xs: list[float], lines: list[tuple[str, list[float]]],
     for i in range(6):
         x = xmax * i / 5
         out.append(f'<text x="{px(x):.1f}" y="{H - 10}" text-anchor="middle" '
-                   f'font-size="11">{x:.0f}s</text>')
+                   f'font-size="11">{x:.0f}{html.escape(x_unit)}</text>')
     out.append(f'<text x="10" y="{PAD_T + ph / 2:.0f}" font-size="11" '
                f'transform="rotate(-90 10 {PAD_T + ph / 2:.0f})" text-anchor="middle">'
                f'{html.escape(unit)}</text>')
@@ -188,6 +196,41 @@ def svg_chart(title: str, xs: list[float], lines: list[tuple[str, list[float]]],
                    f'font-size="12">{html.escape(name)}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 8px 0 20px; }
+td, th { border: 1px solid #ddd; padding: 3px 10px; text-align: right; font-size: 13px; }
+th { text-align: left; background: #f4f4f4; }
+td:first-child { text-align: left; }
+code { background: #f4f4f4; padding: 2px 4px; }
+"""
+
+
+def trials_html(trials: list[Any], best: float, scenario: str, command: str = "") -> str:
+    """The --max-rate search as a page: every trial, and goodput against target rate."""
+    xs = list(range(1, len(trials) + 1))
+    lines = [("target/s", [t.rate for t in trials]), ("achieved/s", [t.achieved for t in trials]),
+             ("goodput/s", [t.goodput for t in trials])]
+    rows = "".join(
+        f"<tr><td>{i}</td><td>{t.rate:.0f}</td><td>{t.achieved:.0f}</td><td>{t.goodput:.0f}</td>"
+        f"<td>{100 * t.failure_ratio:.2f}</td><td>{t.p99_ms:.2f}</td><td>{t.cpu_us_per_unit:.0f}</td>"
+        f"<td>{html.escape(', '.join(f'{n} {c}' for c, n in t.causes.items()))}</td></tr>"
+        for i, t in enumerate(trials, 1))
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>natserver-loadtest: {html.escape(scenario)} --max-rate</title>
+<style>{_STYLE}</style></head><body>
+<h1>natserver-loadtest: {html.escape(scenario)} --max-rate</h1>
+<p>{html.escape(when)}{(' &mdash; <code>' + html.escape(command) + '</code>') if command else ''}</p>
+<p>Highest rate with fewer failures than the limit: <b>{best:.0f}/s</b></p>
+{svg_chart("trials", xs, lines, "per second", x_unit="")}
+<table><tr><th>trial</th><th>target/s</th><th>achieved/s</th><th>goodput/s</th><th>failed %</th>
+<th>p99 ms</th><th>generator us/unit</th><th>causes</th></tr>{rows}</table>
+</body></html>
+"""
 
 
 def to_html(stats: Stats, command: str = "") -> str:
@@ -217,14 +260,7 @@ def to_html(stats: Stats, command: str = "") -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>natserver-loadtest: {html.escape(stats.scenario)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
-table {{ border-collapse: collapse; margin: 8px 0 20px; }}
-td, th {{ border: 1px solid #ddd; padding: 3px 10px; text-align: right; font-size: 13px; }}
-th {{ text-align: left; background: #f4f4f4; }}
-td:first-child {{ text-align: left; }}
-code {{ background: #f4f4f4; padding: 2px 4px; }}
-</style></head><body>
+<style>{_STYLE}</style></head><body>
 <h1>natserver-loadtest: {html.escape(stats.scenario)}</h1>
 <p>{html.escape(when)}{(' &mdash; <code>' + html.escape(command) + '</code>') if command else ''}</p>
 <table>{head}</table>
