@@ -274,3 +274,20 @@ def test_replayed_nonce_count(ua_rfc):
     assert ua_rfc.login("alice", "wonderland", chal=chal, nc=1).status == 200
     assert ua_rfc.login("alice", "wonderland", chal=chal, nc=1).status == 401
     assert ua_rfc.login("alice", "wonderland", chal=chal, nc=2).status == 200
+
+
+def test_ctl_ul_rm_and_alias_add_reach_the_running_server(ua, backend):
+    url, _ = backend
+    assert ua.login("erin", "erinpw", expires=600).status == 200
+    srv = ua.srv
+    assert [row["aor"] for row in srv.ctl_json("ul", "show", "erin")] == ["erin"]
+    assert srv.ctl_json("ul", "rm", "erin") == {"aor": "erin", "removed": 1}
+    r = ua.login("erin", "erinpw", contact=None)
+    assert r.status == 200 and r.get("Contact") is None
+    assert srv.ctl("ul", "rm", "erin", check=False).returncode == 1
+    added = srv.ctl_json("alias", "add", "helpdesk@example.org", "sip:erin@example.org")
+    assert added["server_updated"] is True
+    [row] = srv.ctl_json("ul", "show", "aliases", "helpdesk")
+    assert (row["contact"], row["expires"]) == ("sip:erin@example.org", "permanent")
+    assert srv.ctl_json("alias", "rm", "helpdesk@example.org")["server_updated"] is True
+    assert srv.ctl("ul", "show", "aliases", "helpdesk", check=False).returncode == 1
