@@ -9,9 +9,10 @@ Three parts, each in its own section below:
    contact of the location table - only the NAT-marked ones with ``ping_nated_only=1``
    - gets 4 zero bytes (or a SIP OPTIONS with ``sipping_flag``) from the SIP socket
    bound to listen:port, sent to its ``received`` address, else its Contact URI.
-3. **RTP proxy**: the ``rtpproxy_*`` modparams are accepted now so the seed cfg
-   compiles; ``force_rtp_proxy``/``unforce_rtp_proxy`` arrive with the relay wiring
-   (natserver/rtp/client.py) and go in that section.
+3. **RTP proxy**: the ``rtpproxy_*`` modparams are accepted now and
+   ``force_rtp_proxy``/``unforce_rtp_proxy`` are placeholders returning -1 (SER with
+   rtpproxy disabled), so the seed cfg compiles; the relay wiring
+   (natserver/rtp/client.py) replaces them in that section.
 
 Decisions (shared/reference/functions.md, nathelper-natping.md):
 
@@ -491,6 +492,7 @@ class Nathelper(Module):
         self.switch: mmap.mmap | None = None
         self.pinger: Pinger | None = None
         self._prefix = b""
+        self._relay_warned = False
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -592,11 +594,34 @@ class Nathelper(Module):
                 "sipping": bool(self.sipping_mask)}
 
     # ---- RTP proxy --------------------------------------------------------------------
-    # force_rtp_proxy/unforce_rtp_proxy and the rtpproxy_sock handling come with the
-    # relay wiring; the modparams below are accepted already so the seed compiles.
+    # Placeholders until the relay wiring (natserver/rtp/client.py) lands here: they act
+    # as SER did with rtpproxy disabled (-1, nothing changed), so the seed cfg compiles
+    # and runs its signalling. The rtpproxy_* modparams below are accepted already.
+
+    def force_rtp_proxy(self, m: MsgCtx, flags: str = "", ip: str = "") -> int:
+        self._no_relay("force_rtp_proxy")
+        return -1
+
+    def unforce_rtp_proxy(self, m: MsgCtx) -> int:
+        self._no_relay("unforce_rtp_proxy")
+        return -1
+
+    def _no_relay(self, name: str) -> None:
+        if not self._relay_warned:
+            self._relay_warned = True
+            log.warning("nathelper: %s(): no RTP relay is wired in yet; returning -1", name)
 
 
 _ROUTES_FIX = RouteType.REQUEST | RouteType.ONREPLY | RouteType.BRANCH
+_ROUTES_RTP = RouteType.REQUEST | RouteType.ONREPLY | RouteType.FAILURE | RouteType.BRANCH
+
+
+def _rtp_flags(value: Any) -> str:
+    text = as_str(value)
+    bad = set(text.lower()) - set("lraife")
+    if bad:
+        raise ValueError(f"force_rtp_proxy: unknown flags {''.join(sorted(bad))!r}")
+    return text
 
 FUNCTIONS = (
     Function("nat_uac_test", Nathelper.nat_uac_test, args=(nat_tests,), routes=RouteType.ANY,
@@ -605,6 +630,13 @@ FUNCTIONS = (
              doc="first Contact host:port := the source address (outgoing copy)"),
     Function("fix_nated_register", Nathelper.fix_nated_register,
              doc="store the source address as the binding's received address"),
+    # placeholders until the relay wiring (see the RTP proxy section)
+    Function("force_rtp_proxy", Nathelper.force_rtp_proxy, routes=_ROUTES_RTP),
+    Function("force_rtp_proxy", Nathelper.force_rtp_proxy, args=(_rtp_flags,),
+             routes=_ROUTES_RTP),
+    Function("force_rtp_proxy", Nathelper.force_rtp_proxy, args=(_rtp_flags, as_str),
+             routes=_ROUTES_RTP),
+    Function("unforce_rtp_proxy", Nathelper.unforce_rtp_proxy, routes=_ROUTES_RTP),
 )
 PARAMS = (
     # keepalives
