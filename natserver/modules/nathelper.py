@@ -63,7 +63,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from natserver.addr import format_host, ip_family, is_private, parse_hostport, same_ip
-from natserver.errors import SipError, TableFull
+from natserver.errors import DbError, SipError, TableFull
 from natserver.modules import Function, Module, Param, RouteType, Rpc, as_int, as_str, int_range
 from natserver.script.runtime import MsgCtx
 from natserver.sip.message import Message
@@ -215,6 +215,7 @@ PING = b"\x00\x00\x00\x00"      # SER's sbuf: not SIP, ignored by the UA
 MAX_TICKS_PER_SECOND = 10       # finest slicing of an interval
 TARGET_CACHE_MAX = 1 << 18      # contact URI -> address entries kept by the pinger
 IDLE = 3600.0                   # natping hook delay when pinging is off by cfg
+SKIP_LOG_MAX = 20               # unpingable targets logged one by one per round
 _KA = struct.Struct("<d")       # keepalive table value: last answer (epoch s)
 KA_KEY_MAX = 64                 # longest ruid the keepalive table keys
 
@@ -326,7 +327,7 @@ class Pinger:
 
     __slots__ = ("mod", "ctx", "schedule", "family", "cache", "snapshot", "db_mode",
                  "via", "prefix", "counter", "started", "round_sent", "round_skipped",
-                 "round_removed", "usrloc")
+                 "round_removed", "round_unlogged", "usrloc")
 
     def __init__(self, mod: Nathelper, ctx: Context, mono: float, now: float) -> None:
         from natserver.modules.usrloc import get_usrloc
@@ -344,7 +345,7 @@ class Pinger:
         self.prefix = sipping_prefix(ctx.secret)
         self.counter = 0
         self.started = now
-        self.round_sent = self.round_skipped = self.round_removed = 0
+        self.round_sent = self.round_skipped = self.round_removed = self.round_unlogged = 0
 
     def run(self, now: float, mono: float) -> float:
         """Ping the slices that are due; seconds until the next tick."""
@@ -368,12 +369,16 @@ class Pinger:
         return [c for c in self.snapshot[k::self.schedule.slices] if c.valid(now)]
 
     def target(self, uri: bytes) -> tuple[str, int] | None:
+        """Resolve (and cache) a target; an unusable one is logged when first seen (at
+        most SKIP_LOG_MAX per round, the rest only counted)."""
         cache = self.cache
         if len(cache) >= TARGET_CACHE_MAX:
             cache.clear()
         addr, why = ping_target(uri, self.family)
         if addr is None:
-            log.warning("natping: not pinging %s: %s", uri.decode("latin-1"), why)
+            self.round_unlogged += 1
+            if self.round_unlogged <= SKIP_LOG_MAX:
+                log.warning("natping: not pinging %s: %s", uri.decode("latin-1"), why)
         cache[uri] = addr
         return addr
 
@@ -419,18 +424,27 @@ class Pinger:
     def keepalive_lost(self, c: Contact, now: float) -> bool:
         """Remove ``c`` when it has not answered a ping for keepalive_timeout seconds."""
         mod = self.mod
+        ka = mod.ka_table
         last = max(float(c.last_modified), self.started)
-        value = mod.ka_table.get(c.ruid) if mod.ka_table is not None and \
-            len(c.ruid) <= KA_KEY_MAX else None
+        value = ka.get(c.ruid) if ka is not None and 0 < len(c.ruid) <= KA_KEY_MAX else None
         if value is not None:
             last = max(last, _KA.unpack(value)[0])
         if now - last <= mod.ka_timeout:
             return False
         ul = self.usrloc
-        with ul.locked(c.aor):
-            ul.apply("location", c.aor, (), (c,), now)
-        if mod.ka_table is not None and value is not None:
-            mod.ka_table.delete(c.ruid)
+        try:
+            with ul.locked(c.aor):
+                # re-read under the AOR lock: a REGISTER since the scan keeps the binding
+                same = [r for r in ul.records("location", c.aor)
+                        if r.contact == c.contact and r.valid(now)]
+                if not same or same[0].version != c.version:
+                    return False
+                ul.apply("location", c.aor, (), (c,), now)
+        except DbError as exc:
+            log.warning("natping: cannot remove %s: %s", c.contact.decode("latin-1"), exc)
+            return False
+        if value is not None:
+            ka.delete(c.ruid)
         self.round_removed += 1
         log.info("natping: %s of %s did not answer %s for %.0f s: removed",
                  c.contact.decode("latin-1"), c.aor.decode("latin-1"),
@@ -438,10 +452,13 @@ class Pinger:
         return True
 
     def end_round(self, now: float) -> None:
+        if self.round_unlogged > SKIP_LOG_MAX:
+            log.warning("natping: %d more targets not pingable this round",
+                        self.round_unlogged - SKIP_LOG_MAX)
         if self.round_sent or self.round_skipped or self.round_removed:
             log.debug("natping round: %d sent, %d skipped, %d removed",
                       self.round_sent, self.round_skipped, self.round_removed)
-        self.round_sent = self.round_skipped = self.round_removed = 0
+        self.round_sent = self.round_skipped = self.round_removed = self.round_unlogged = 0
         if self.schedule.lagged:
             log.warning("natping fell behind: %d ticks dropped", self.schedule.lagged)
             self.schedule.lagged = 0

@@ -432,3 +432,36 @@ def test_build_sipping_and_ka_ruid():
     assert msg.from_.tag == "ns-1-2-abc-11"
     assert ka_ruid(msg) == b"ns-1-2"
     assert msg.call_id == b"deadbeef-11-63@[2001:db8::1]"
+
+
+def test_keepalive_timeout_spares_a_contact_that_registered_again(make):
+    h = make(cfg(SIPPING + 'modparam("nathelper", "keepalive_timeout", 45)\n', interval=10))
+    register_nated(h)
+    drive(h, 10.0)                                   # the pinger exists now
+    ul = h.module("usrloc")
+    [stale] = ul.get("location", b"alice", h.now)
+    h.now += 100.0                                   # silent far past the timeout...
+    register_nated(h)                                # ...but it just registered again
+    pinger = h.module("nathelper").pinger
+    assert pinger.keepalive_lost(stale, h.now) is False
+    assert len(ul.get("location", b"alice", h.now)) == 1
+    [fresh] = ul.get("location", b"alice", h.now)
+    assert pinger.keepalive_lost(fresh, h.now) is False    # registration counts as an answer
+
+
+def test_unpingable_targets_are_logged_within_a_budget(make, caplog):
+    from natserver.modules.nathelper import SKIP_LOG_MAX
+    h = make(cfg(nated_only=0))
+    ul = h.module("usrloc")
+    n = SKIP_LOG_MAX + 5
+    for i in range(n):
+        aor = b"host%d" % i
+        c = Contact(aor, b"sip:%s@pc%d.example.com" % (aor, i), int(h.now) + 3600,
+                    created=h.now, last_modified=int(h.now))
+        with ul.locked(aor):
+            ul.apply("location", aor, [c], [], h.now)
+    with caplog.at_level(logging.WARNING, logger="natserver.nathelper"):
+        assert drive(h, 60.0) == []
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("not pinging" in m for m in messages) == SKIP_LOG_MAX
+    assert sum("5 more targets" in m for m in messages) == 1    # and not again next round
