@@ -120,6 +120,13 @@ class Module:
         expiry and flush). Returns the seconds until the next call; None = 1 s."""
         return None
 
+    def worker_timer(self, ctx: Context, now: float) -> float | None:
+        """In every SIP worker, when overridden: called from the worker's loop after
+        each packet and each idle wait, ``now`` = ``time.monotonic()``; runs what is due
+        in this worker (the tm timers it owns). Keep it cheap when nothing is due.
+        Returns the seconds until it next has work; None = nothing pending."""
+        return None
+
     def natping(self, ctx: Context, now: float) -> float | None:
         """In the natping process, when overridden: send keepalives. Returns the
         seconds until the next call; None = 1 s."""

@@ -56,6 +56,10 @@ class Sl(Module):
     def sl_reply_error(self, m: MsgCtx) -> int:
         """Answer with the status derived from the last failed operation (SER err2reason)."""
         status, reason = error_reply(m.error if m.error is not None else Err.UNSPEC)
+        if m.tx is not None:
+            # t_relay ran for this request: answer through its transaction (Kamailio),
+            # so retransmissions of the request get this reply again.
+            return 1 if m.tx.reply(m, status, reason) else -1
         return 1 if send_reply(m, status, reason) else -1
 
     def on_request(self, m: MsgCtx) -> bool:

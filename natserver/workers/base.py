@@ -238,8 +238,34 @@ def run_sip_worker(ctx: Context, child: Child) -> int:
     if child.sock is None:
         raise RuntimeError("a SIP worker without a socket")
     child.flush(time.monotonic())  # first heartbeat: the worker is in its loop now
-    serve(ctx, child.sock, child.is_stopping, child.tick)
+    serve(ctx, child.sock, child.is_stopping, worker_tick(ctx, child))
     return 0
+
+
+def worker_tick(ctx: Context, child: Child) -> Callable[[float], float | None]:
+    """The SIP worker's per-iteration tick: the child's own (heartbeat, counters), then
+    every module's ``worker_timer`` (tm timers); the shortest wait wins."""
+    from natserver.modules import Module
+    hooks = [m for m in ctx.modules.values()
+             if type(m).worker_timer is not Module.worker_timer]
+    if not hooks:
+        return child.tick
+    own = child.tick
+    monotonic = time.monotonic
+
+    def tick(now: float) -> float | None:
+        delay = own(now)
+        t = monotonic()
+        for module in hooks:
+            try:
+                d = module.worker_timer(ctx, t)
+            except Exception:  # a module bug must not take the worker down
+                log.exception("%s.worker_timer failed", module.NAME)
+                continue
+            if d is not None and (delay is None or d < delay):
+                delay = d
+        return delay
+    return tick
 
 
 def run_hooks(ctx: Context, child: Child, hook: str, default: float = 1.0) -> int:
