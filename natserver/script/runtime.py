@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING, Any
 from natserver.errors import Err
 from natserver.modules import RouteType
 
+from natserver.sip.edits import Edits
+
 if TYPE_CHECKING:
     from natserver.context import Context
-    from natserver.sip.edits import Edits
     from natserver.sip.message import Message
 
 
@@ -83,7 +84,6 @@ class MsgCtx:
     def get_edits(self) -> Edits:
         """The splice list for the outgoing copy of this message (created on first use)."""
         if self.edits is None:
-            from natserver.sip.edits import Edits
             self.edits = Edits()
         return self.edits
 
