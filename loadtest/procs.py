@@ -11,6 +11,7 @@ charts) and its full ``Stats`` at the end; the parent merges them.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import resource
@@ -93,6 +94,7 @@ def run_local(cfg: Settings, sink: RowSink | None = None,
     prepare phase and returns the monotonic time at which the load starts."""
     stats = Stats(procs=1)
     loop = Loop()
+    thresholds = gc.get_threshold()
     scn = SCENARIOS[cfg.scenario](cfg, loop, stats)
     try:
         deadline = time.monotonic() + cfg.prepare_timeout
@@ -108,6 +110,12 @@ def run_local(cfg: Settings, sink: RowSink | None = None,
         loop.run(prep)
         t0 = ready() if ready is not None else time.monotonic()
         loop.run(lambda now: -1.0 if now >= t0 else t0)
+        # the hot objects (transactions, calls, timer entries) hold no reference cycles
+        # and are freed by reference counting; the cyclic collector would only walk the
+        # long-lived ones over and over (5-8% of the CPU per call, measured)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
         cpu0 = cpu_seconds()
         rc = RateControl(cfg.rate, cfg.ramp, cfg.duration, cfg.max_count, t0=t0)
         scn.begin(t0)
@@ -144,6 +152,8 @@ def run_local(cfg: Settings, sink: RowSink | None = None,
         stats.counters["handler_errors"] = loop.handler_errors
         stats.extra["target_rate"] = cfg.rate
     finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
         scn.close()
     return stats
 
