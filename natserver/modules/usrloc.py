@@ -217,6 +217,7 @@ class Usrloc(Module):
         self.passes: list[_Pass] = []
         self.db_down_logged = False
         self.db_retry_at = 0.0  # monotonic time before which write-through skips the DB
+        self.round_failed = False  # a DB write of the current timer round failed
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -253,19 +254,22 @@ class Usrloc(Module):
                 self.load(now)
             self.passes = [_Pass(d, list(range(t.stripes)), now)
                            for d, t in self.tables.items()]
+            self.round_failed = False
             if self.mode == DbMode.DB_ONLY:
                 self.delete_expired_rows(now)
                 return self.timer_interval
         deadline = mono + PASS_BUDGET
         while self.passes:
             p = self.passes[0]
+            p.failed = p.failed or self.round_failed  # one wait on a dead DB per round
             self.run_pass(p, now, deadline, ctx.mono)
+            self.round_failed = self.round_failed or p.failed
             if p.stripes:
                 return 0.0
             self.passes.pop(0)
             if p.flushed or p.expired:
                 log.debug("usrloc %s: %d flushed, %d expired", p.domain, p.flushed, p.expired)
-            if not self.passes and self.mode != DbMode.NO_DB:
+            if not self.passes and self.mode != DbMode.NO_DB and not self.round_failed:
                 self.delete_expired_rows(now)
         return max(0.0, self.next_pass - ctx.mono())
 
@@ -603,14 +607,16 @@ class Usrloc(Module):
                 return
 
     def flush_all(self, now: float) -> int:
-        """Write every dirty record now (graceful stop, tests); returns how many are
-        still dirty afterwards."""
+        """Write every dirty record now (graceful stop, ctl, tests); returns how many
+        are still dirty afterwards."""
         left = 0
-        for domain in self.tables:
-            p = _Pass(domain, list(range(self.tables[domain].stripes)), now)
+        failed = False
+        for domain, table in self.tables.items():
+            p = _Pass(domain, list(range(table.stripes)), now, failed=failed)
             self.run_pass(p, now, float("inf"), time.monotonic)
-            left += sum(1 for e in self.tables[domain].scan() if e.value[_DIRTY_AT])
-        if self.mode != DbMode.NO_DB:
+            failed = failed or p.failed
+            left += sum(1 for e in table.scan() if e.value[_DIRTY_AT])
+        if self.mode != DbMode.NO_DB and not failed:
             self.delete_expired_rows(now)
         return left
 
