@@ -439,7 +439,14 @@ class Usrloc(Module):
         if self.use_domain:
             where["domain"] = dom
         rows = self.db_or_fail().select(domain, self._COLUMNS, where, order_by="id")
-        return [self.contact_of_row(r) for r in rows]
+        # Hosts sharing the database may both have inserted one contact: the newest wins.
+        found: dict[bytes, Contact] = {}
+        for row in rows:
+            c = self.contact_of_row(row)
+            old = found.get(c.contact)
+            if old is None or c.last_modified >= old.last_modified:
+                found[c.contact] = c
+        return list(found.values())
 
     def write(self, domain: str, upserts: Sequence[Contact],
               deletes: Sequence[Contact]) -> _Flush:
