@@ -118,7 +118,8 @@ class NatHarness:
         self.script.run_onreply(n, m)
         return m
 
-    def receive(self, data: bytes, src: tuple[str, int] = PUBLIC) -> list[tuple[bytes, tuple[str, int]]]:
+    def receive(self, data: bytes,
+                src: tuple[str, int] = PUBLIC) -> list[tuple[bytes, tuple[str, int]]]:
         receive(self.ctx, data, src, LOCAL, self.now)
         return self.transport.take()
 

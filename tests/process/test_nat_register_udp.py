@@ -52,7 +52,8 @@ def seed_cfg(url: str, fifo: str) -> str:
     subs = [
         ("fork=yes #1", "fork=no"),
         ("log_stderror=no #2", "log_stderror=yes"),
-        ("listen=192.0.2.13     # INSERT YOUR IP ADDRESS HERE", f"listen=127.0.0.1\nalias={DOMAIN}"),
+        ("listen=192.0.2.13     # INSERT YOUR IP ADDRESS HERE",
+         f"listen=127.0.0.1\nalias={DOMAIN}"),
         ("port=5060", "port=0"),
         ("children=4", "children=2"),
         ('fifo="/tmp/ser_fifo"', f'fifo="{fifo}"'),
@@ -235,7 +236,7 @@ def test_invite_reaches_the_nated_callee_with_the_callers_contact_fixed(server, 
     assert len(vias) == 2
     assert f"rport={caller.ep.addr[1]}" in vias[1] and "received=127.0.0.1" in vias[1]
     # The callee says busy; the reply finds the caller through received/rport.
-    lines = [f"SIP/2.0 486 Busy Here"] + [f"Via: {v}" for v in vias] + [
+    lines = ["SIP/2.0 486 Busy Here"] + [f"Via: {v}" for v in vias] + [
         f"{name}: {msg.get(name)}" for name in ("From", "Call-ID", "CSeq")]
     lines += [f"To: {msg.get('To')};tag=busy1", "Content-Length: 0"]
     callee.ep.send(("\r\n".join(lines) + "\r\n\r\n").encode(), server.addr)
