@@ -62,8 +62,9 @@ def outage(request, url):
 
 def test_record_round_trip():
     c = Contact(b"alice", b"sip:alice@10.0.0.1:5060;transport=udp", 1_700_000_600, 500,
-                b"call-1@host", 42, 64, b"sip:203.0.113.7:4000", b"", b"UA/1.0", b"udp:1.2.3.4:5060",
-                -1, b"ns-abc", 1_700_000_000, 1_700_000_000.25, State.LIVE, 1, 3)
+                b"call-1@host", 42, 64, b"sip:203.0.113.7:4000", b"", b"UA/1.0",
+                b"udp:1.2.3.4:5060", -1, b"ns-abc", 1_700_000_000, 1_700_000_000.25,
+                State.LIVE, 1, 3)
     assert unpack(b"alice", pack(c, 512)) == c
     with pytest.raises(ContactTooLong):
         pack(Contact(b"a", b"sip:" + b"x" * 600), 512)

@@ -291,3 +291,20 @@ def test_ctl_ul_rm_and_alias_add_reach_the_running_server(ua, backend):
     assert (row["contact"], row["expires"]) == ("sip:erin@example.org", "permanent")
     assert srv.ctl_json("alias", "rm", "helpdesk@example.org")["server_updated"] is True
     assert srv.ctl("ul", "show", "aliases", "helpdesk", check=False).returncode == 1
+
+
+@pytest.mark.skipif(find("nathelper") is None, reason="no nathelper module yet")
+def test_nated_client_gets_its_public_address_stored(ua):
+    """route[2]'s NAT block: a private Via/Contact seen from another address sets flag 6,
+    fix_nated_register() stores the source as received, save() the NAT mark."""
+    private = "<sip:alice@192.168.1.10:5060>"
+    r = ua.login("alice", "wonderland", contact=private, via_host="192.168.1.10:5060",
+                 expires=600)
+    assert r.status == 200
+    public = f"sip:127.0.0.1:{ua.ep.addr[1]}"
+    by_uri = {b["uri"]: b for b in contact_values(r.get("Contact"))}
+    binding = by_uri["sip:alice@192.168.1.10:5060"]
+    assert binding["received"] == public
+    row = next(row for row in ua.srv.ctl_json("ul", "show", "alice")
+               if row["contact"] == "sip:alice@192.168.1.10:5060")
+    assert (row["received"], row["cflags"]) == (public, 1 << 6)
