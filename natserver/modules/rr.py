@@ -30,6 +30,7 @@ class Rr(Module):
         self.lr = b";lr=on" if params["enable_full_lr"] else b";lr"
         self.ftag = bool(params["append_fromtag"])
         self._uri_start: dict[tuple[str, int], bytes] = {}
+        self._mine: dict[bytes, bool] = {}  # URI text -> points at natserver
 
     # ---- record_route -------------------------------------------------------------
 
@@ -129,14 +130,21 @@ class Rr(Module):
 
     def _myself(self, m: MsgCtx, uri_text: bytes) -> bool:
         """Does a URI point at natserver (host and port, 5060 when absent; any
-        transport)?"""
+        transport)? Remembered per URI text: a dialog sends the same Route each time."""
+        mine = self._mine.get(uri_text)
+        if mine is not None:
+            return mine
         try:
             uri = parse_uri(uri_text)
         except SipError:
-            return False
-        if uri.scheme == "tel":
-            return False
-        return m.ctx.is_myself(uri.host, uri.port if uri.port is not None else 5060)
+            mine = False
+        else:
+            mine = uri.scheme != "tel" and m.ctx.is_myself(
+                uri.host, uri.port if uri.port is not None else 5060)
+        if len(self._mine) >= 4096:
+            self._mine.clear()
+        self._mine[uri_text] = mine
+        return mine
 
 
 def _route_rows(msg) -> list[tuple[int, list[NameAddr]]]:

@@ -69,8 +69,11 @@ SWEEP_INTERVAL = 5.0
 TIMERS_PER_TICK = 100
 
 Addr = tuple[str, int]
-_LEN = struct.Struct("<I")
-_VERSION = 1
+# A record: this header, then the marshal'ed rest, then zeros. The flags and the reply
+# route sit in the header so the reply path reads them without unmarshalling.
+_HEAD = struct.Struct("<IIB")   # length of the marshal data, flags, onreply route
+_HEAD_SIZE = _HEAD.size
+_VERSION = 2
 _AUTH = (401, 407)
 _CHALLENGES = (Hdr.WWW_AUTHENTICATE, Hdr.PROXY_AUTHENTICATE)
 # Rows of the incoming request a local reply copies (build.build_reply's list).
@@ -78,7 +81,13 @@ _REPLY_ROWS = frozenset((Hdr.VIA, Hdr.RECORD_ROUTE, Hdr.FROM, Hdr.TO, Hdr.CALL_I
 REASONS = {100: "trying -- your call is important to us", 408: "Request Timeout",
            487: "Request Terminated", 500: "Server Internal Error"}
 
-A = Action
+# Action flags as plain ints: IntFlag arithmetic is a Python call per operation.
+SEND_REPLY = int(Action.SEND_REPLY)
+RESEND_REPLY = int(Action.RESEND_REPLY)
+RESEND_REQUEST = int(Action.RESEND_REQUEST)
+PASS_UP = int(Action.PASS_UP)
+SEND_ACK = int(Action.SEND_ACK)
+TIMEOUT = int(Action.TIMEOUT)
 E = Event
 S = State
 _PENDING = (S.TRYING, S.PROCEEDING)   # server states that have sent no final yet
@@ -146,7 +155,7 @@ class Branch:
 
     @classmethod
     def from_tuple(cls, t: tuple) -> Branch:
-        return cls(Machine.from_tuple(t[0]), tuple(t[4]), t[5],  # type: ignore[arg-type]
+        return cls(Machine.from_tuple(t[0]), t[4], t[5],
                    Machine.from_tuple(t[1]) if t[1] else None, t[2], t[3], t[6])
 
     @property
@@ -186,36 +195,33 @@ class Txn:
         self.best_status = 0
         self.branches: list[Branch] = []
 
-    _FIELDS = ("flags", "on_reply", "hint", "canceled", "creator", "owner", "owner_due",
-               "src", "force_rport", "reply_addr", "head", "pre", "suf", "rest", "last",
-               "last_addr", "last_status", "best", "best_addr", "best_status")
-
     def pack(self, size: int) -> bytes:
         data = marshal.dumps((
-            _VERSION, self.st.as_tuple(), self.flags, self.on_reply, self.hint,
-            self.canceled, self.creator, self.owner, self.owner_due, self.src,
-            self.force_rport, self.reply_addr, self.head, self.pre, self.suf, self.rest,
-            self.last, self.last_addr, self.last_status, self.best, self.best_addr,
-            self.best_status, tuple(b.as_tuple() for b in self.branches)))
+            _VERSION, self.st.as_tuple(), self.hint, self.canceled, self.creator,
+            self.owner, self.owner_due, self.src, self.force_rport, self.reply_addr,
+            self.head, self.pre, self.suf, self.rest, self.last, self.last_addr,
+            self.last_status, self.best, self.best_addr, self.best_status,
+            tuple([b.as_tuple() for b in self.branches])))
         n = len(data)
-        if n + 4 > size:
-            raise RecordTooBig(n + 4)
-        return b"".join((_LEN.pack(n), data, bytes(size - 4 - n)))
+        if n + _HEAD_SIZE > size:
+            raise RecordTooBig(n + _HEAD_SIZE)
+        return b"".join((_HEAD.pack(n, self.flags, self.on_reply), data,
+                         bytes(size - _HEAD_SIZE - n)))
 
     @classmethod
     def load(cls, value: bytes) -> Txn:
-        n = _LEN.unpack_from(value)[0]
-        t = marshal.loads(value[4:4 + n])
+        n, flags, on_reply = _HEAD.unpack_from(value)
+        t = marshal.loads(value[_HEAD_SIZE:_HEAD_SIZE + n])
         if t[0] != _VERSION:
             raise ValueError(f"record version {t[0]}")
         txn = cls(Machine.from_tuple(t[1]))
-        for i, name in enumerate(cls._FIELDS, 2):
-            setattr(txn, name, t[i])
-        txn.src = tuple(txn.src)  # type: ignore[assignment]
-        txn.reply_addr = tuple(txn.reply_addr)  # type: ignore[assignment]
-        txn.last_addr = tuple(txn.last_addr)  # type: ignore[assignment]
-        txn.best_addr = tuple(txn.best_addr)  # type: ignore[assignment]
-        txn.branches = [Branch.from_tuple(b) for b in t[len(cls._FIELDS) + 2]]
+        txn.flags = flags
+        txn.on_reply = on_reply
+        (_, _, txn.hint, txn.canceled, txn.creator, txn.owner, txn.owner_due, txn.src,
+         txn.force_rport, txn.reply_addr, txn.head, txn.pre, txn.suf, txn.rest, txn.last,
+         txn.last_addr, txn.last_status, txn.best, txn.best_addr, txn.best_status,
+         branches) = t
+        txn.branches = [Branch.from_tuple(b) for b in branches]
         return txn
 
     @property
@@ -238,8 +244,17 @@ class Txn:
 
 def owner_of(value: bytes) -> tuple[int, float]:
     """``(owner, owner_due)`` of a stored record (for scans)."""
-    txn = Txn.load(value)
-    return txn.owner, txn.owner_due
+    n = _HEAD.unpack_from(value)[0]
+    t = marshal.loads(value[_HEAD_SIZE:_HEAD_SIZE + n])
+    if t[0] != _VERSION:
+        raise ValueError(f"record version {t[0]}")
+    return t[5], t[6]
+
+
+def route_of(value: bytes) -> tuple[int, int]:
+    """``(onreply route, flags)`` of a stored record, read from its header."""
+    _, flags, route = _HEAD.unpack_from(value)
+    return route, flags
 
 
 class Out:
@@ -403,7 +418,7 @@ class Tm(Module):
             done = self._relay_cancel(m)
             if done is not None:
                 return done
-            return self._stateless(m)
+            return self._stateless(m)  # RFC 3261 16.10: no context, forward statelessly
         return self._relay(m)
 
     # ---- new requests -----------------------------------------------------------------
@@ -509,7 +524,7 @@ class Tm(Module):
         if ctx.stats is not None:
             ctx.stats.tm_retransmissions += 1
         m.tx = TxRef(self, key)
-        if txn.st.handle(E.REQUEST, ctx.mono(), self.timers) & A.RESEND_REPLY:
+        if txn.st.handle(E.REQUEST, ctx.mono(), self.timers) & RESEND_REPLY:
             self._resend_last(ctx, key, txn, m)
         return 1
 
@@ -542,7 +557,7 @@ class Tm(Module):
             if out.push:
                 self._arm(key, out.push)
             return 1
-        return self._stateless(m)
+        return self._stateless(m, key)
 
     def _relay_cancel(self, m: MsgCtx) -> int | None:
         """CANCEL of an INVITE we relay: 200 to it, CANCEL on every pending branch that
@@ -586,8 +601,9 @@ class Tm(Module):
         self._execute(ctx, key, out)
         return 1
 
-    def _stateless(self, m: MsgCtx) -> int:
-        """Forward without a transaction (ACK of a 2xx, CANCEL without its INVITE)."""
+    def _stateless(self, m: MsgCtx, key: bytes | None = None) -> int:
+        """Forward without a transaction (ACK of a 2xx, CANCEL without its INVITE);
+        ``key`` names the branch (the request's own transaction id by default)."""
         msg = m.msg
         ctx = m.ctx
         found = self._destination(ctx, m.dst_uri or m.ruri, ctx.mono())
@@ -595,11 +611,12 @@ class Tm(Module):
             if msg.method == b"ACK":
                 log.info("tm: ACK not forwarded: %s", error_reply(found)[1])
             return m.fail(found)
-        try:
-            hexkey = txn_id(txn_key(msg, msg.method)).hex().encode()
-        except SipError:
-            return m.fail(Err.BAD_TUPEL)
-        data = build_forward_request(msg, m.edits, via=self.via_prefix + hexkey + b".s",
+        if key is None:
+            try:
+                key = txn_id(txn_key(msg, msg.method))
+            except SipError:
+                return m.fail(Err.BAD_TUPEL)
+        data = build_forward_request(msg, m.edits, via=self.via_prefix + key.hex().encode() + b".s",
                                      ruri=m.ruri, src=m.src, force_rport=m.force_rport)
         if not ctx.transport.send(data, found):
             return m.fail(Err.SEND)
@@ -714,10 +731,9 @@ class Tm(Module):
         old = self.table.get(key)
         if old is None:
             return -1
-        txn = Txn.load(old)
-        route = txn.on_reply
+        route, flags = route_of(old)
         if route:
-            m.flags = txn.flags
+            m.flags = flags
             script = m.ctx.script
             if script is not None:
                 script.run_onreply(route, m)
@@ -762,23 +778,23 @@ class Tm(Module):
         ev = E.RECV_1XX if status < 200 else E.RECV_2XX if status < 300 else E.RECV_FINAL
         acts = b.ct.handle(ev, now, self.timers)
         b.status = status
-        if acts & A.SEND_ACK:
+        if acts & SEND_ACK:
             out.acks.append(k)
-        if not acts & A.PASS_UP:
+        if not acts & PASS_UP:
             return
         if status < 200:
             if b.cwant and b.cancel is None:
                 self._cancel_branch(txn, k, now, out)
             if data is None or addr is None:
                 return
-            if txn.st.handle(E.SEND_1XX, now, self.timers) & A.SEND_REPLY:
+            if txn.st.handle(E.SEND_1XX, now, self.timers) & SEND_REPLY:
                 out.sends.append((data, addr))
                 self._set_last(txn, data, addr, status)
             return
         if status < 300:
             if not b.final:
                 b.final = status
-            if txn.st.handle(E.SEND_2XX, now, self.timers) & A.SEND_REPLY and data and addr:
+            if txn.st.handle(E.SEND_2XX, now, self.timers) & SEND_REPLY and data and addr:
                 out.sends.append((data, addr))
                 if txn.invite:
                     txn.last, txn.last_status = b"", status  # the UAS retransmits 2xx itself
@@ -822,7 +838,7 @@ class Tm(Module):
             status = 487
         elif data and status == 503:
             data, status = _as_500(data), 500
-        if not txn.st.handle(E.SEND_FINAL, now, self.timers) & A.SEND_REPLY:
+        if not txn.st.handle(E.SEND_FINAL, now, self.timers) & SEND_REPLY:
             return
         if data:
             out.sends.append((data, txn.best_addr))
@@ -1032,7 +1048,7 @@ class Tm(Module):
             else:
                 txn = Txn.load(old)
             out.txn = txn
-            if txn.st.handle(ev, now, self.timers) & A.SEND_REPLY:
+            if txn.st.handle(ev, now, self.timers) & SEND_REPLY:
                 out.found = True
                 self._set_last(txn, data, addr, status)
                 return self._settle(txn, now, out)
@@ -1149,16 +1165,16 @@ class Tm(Module):
                 ev, acts = txn.st.fire(now, timers)
                 if ev is E.NONE:
                     break
-                if acts & A.RESEND_REPLY:
+                if acts & RESEND_REPLY:
                     out.resend_last = True
             for k, b in enumerate(txn.branches):
                 for _ in range(8):
                     ev, acts = b.ct.fire(now, timers)
                     if ev is E.NONE:
                         break
-                    if acts & A.RESEND_REQUEST:
+                    if acts & RESEND_REQUEST:
                         out.requests.append(k)
-                    if acts & A.TIMEOUT:
+                    if acts & TIMEOUT:
                         if ev is E.TIMER_C:
                             self._cancel_branch(txn, k, now, out)
                         if not b.final:
@@ -1169,7 +1185,7 @@ class Tm(Module):
                         ev, acts = b.cancel.fire(now, timers)
                         if ev is E.NONE:
                             break
-                        if acts & A.RESEND_REQUEST:
+                        if acts & RESEND_REQUEST:
                             out.cancels.append(k)
             txn.owner_due = 0.0  # our heap entry is spent; _settle pushes the next one
             return self._settle(txn, now, out)

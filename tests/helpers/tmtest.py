@@ -1,17 +1,25 @@
 """Test-only module ``tmtest`` for proxy tests, and a natserver that has it.
 
-``append_branch("sip:...")`` adds a parallel-forking branch (what ``lookup`` does with
-several contacts), so fork tests need no registrar. ``python -m tests.helpers.tmtest
-<natserver args>`` runs the normal CLI with the module available (as probe does);
-in-process tests call :func:`install` first.
+- ``append_branch("sip:...")`` adds a parallel-forking branch (what ``lookup`` does with
+  several contacts), so fork tests need no registrar;
+- ``append_branch_from("X-Branch")`` adds one branch per value of that request header
+  (the test's UAS ports are only known at run time).
+
+``python -m tests.helpers.tmtest <natserver args>`` runs the normal CLI with the module
+available (as tests/helpers/probe.py does); in-process tests call :func:`install`.
+:class:`ProxyServer` starts that in a loopback-only network namespace.
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
+from pathlib import Path
 
-from natserver.modules import Function, Module, as_bytes
+from natserver.modules import Function, Module, as_bytes, as_str
 from natserver.script.runtime import Branch
+from tests.helpers.procs import ENV, NatServer, Netns
 
 
 class TmTest(Module):
@@ -21,8 +29,18 @@ class TmTest(Module):
         m.branches.append(Branch(uri))
         return 1
 
+    def append_branch_from(self, m, header: str) -> int:
+        added = 0
+        for field in m.msg.find_all(header):
+            m.branches.append(Branch(field.value.strip().strip(b"<>")))
+            added += 1
+        return 1 if added else -1
 
-FUNCTIONS = (Function("append_branch", TmTest.append_branch, args=(as_bytes,)),)
+
+FUNCTIONS = (
+    Function("append_branch", TmTest.append_branch, args=(as_bytes,)),
+    Function("append_branch_from", TmTest.append_branch_from, args=(as_str,)),
+)
 PARAMS = ()
 MODULE = TmTest
 
@@ -35,6 +53,27 @@ def main() -> int:
     install()
     from natserver.cli import main as cli_main
     return cli_main()
+
+
+class ProxyServer(NatServer):
+    """NatServer (tests/helpers/procs.py) running ``python -m tests.helpers.tmtest``."""
+
+    def __init__(self, ns: Netns, cfg: str, tmp: Path) -> None:
+        self.ns = ns
+        self.tmp = tmp
+        self.cfg_path = tmp / "natserver.cfg"
+        self.cfg_path.write_text(cfg)
+        self.lines: list[str] = []
+        self.host = ""
+        self.port = 0
+        self.proc = subprocess.Popen(
+            ns.cmd(sys.executable, "-m", "tests.helpers.tmtest", "-f", str(self.cfg_path),
+                   "-D", "-E"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
+            cwd=str(tmp))
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class Uas(threading.Thread):
         self.tag = rand_token(8)
         self.got: list[Got] = []
         self.invite_branches: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
         self._pending: list[tuple[float, bytes, tuple[str, int]]] = []
         self._answered: set[str] = set()   # INVITE branches finally answered (or cancelled)
@@ -128,13 +128,13 @@ class Uas(threading.Thread):
 
     # ---- the thread --------------------------------------------------------------
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(2)
         self.sock.close()
 
     def run(self) -> None:
         self.sock.settimeout(0.01)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             self._send_due()
             try:
                 data, src = self.sock.recvfrom(65535)

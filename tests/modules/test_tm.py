@@ -600,3 +600,102 @@ def test_reply_not_ours_is_left_to_the_core(proxy):
     assert tm.table is not None
     proxy.feed(stray, UAS)  # no exception, nothing matched
     assert proxy.worker().ctx.stats.tm_replies_relayed == 0
+
+
+# ---- more edges ---------------------------------------------------------------------------
+
+def test_ack_for_a_local_error_reply_is_absorbed(proxy):
+    data = invite("sip:bob@no-such-host.invalid")
+    up = to(proxy.feed(data, UAC), UAC)
+    req = parse(data)
+    ack = request("ACK", "sip:bob@no-such-host.invalid", src=UAC,
+                  branch=req.param("Via", "branch"), call_id=req.get("Call-ID").split("@")[0],
+                  from_=req.get("From"), to=up[0].get("To"))
+    assert proxy.feed(ack, UAC) == []
+    assert proxy.worker().ctx.stats.tm_acks_absorbed == 1
+    assert to(proxy.advance(2.0), UAC) == []            # no Timer G after the ACK
+
+
+def test_unacked_local_error_reply_is_retransmitted(proxy):
+    proxy.feed(invite("sip:bob@no-such-host.invalid"), UAC)
+    got = to(proxy.advance(1.6), UAC)
+    assert [m.status for m in got] == [478, 478]         # Timer G: 0.5 s, 1.5 s
+
+
+def test_one_branch_unresolvable_the_other_forwarded():
+    p = Proxy(BASE + """
+route { append_branch("sip:carol@no-such-host.invalid"); t_relay(); }
+""")
+    try:
+        sent = p.feed(invite(), UAC)
+        assert [m.status for m in to(sent, UAC)] == [100]
+        assert [m.method for m in to(sent, UAS)] == ["INVITE"]
+    finally:
+        p.close()
+
+
+def test_send_failure_gives_477():
+    p = Proxy(BASE + 'route { if (!t_relay()) { sl_reply_error(); }; }')
+    try:
+        w = p.worker()
+
+        class Refusing(type(w.transport)):
+            def send(self, data, addr):
+                if addr == UAS:
+                    return False
+                return super().send(data, addr)
+        w.transport = w.ctx.transport = Refusing()
+        sent = p.feed(invite(), UAC)
+        assert [m.status for m in to(sent, UAC)] == [100, 477]
+    finally:
+        p.close()
+
+
+def test_records_that_do_not_fit_drop_the_last_reply_first():
+    p = Proxy(BASE + 'modparam("tm", "record_size", 1536)\nroute { t_relay(); }')
+    try:
+        data, sent = start_call(p)
+        fwd = fwd_of(sent)
+        big = uas_reply(fwd, 183, "Progress", body=b"v=0\r\n" + b"a=x\r\n" * 120)
+        assert [m.status for m in to(p.feed(big, UAS), UAC)] == [183]   # relayed
+        again = p.feed(data, UAC)
+        assert [m.status for m in to(again, UAC)] == [100]              # not kept: 100
+    finally:
+        p.close()
+
+
+def test_timer_process_hook_adopts_and_runs():
+    p = Proxy(BASE + ROUTE, workers=2)
+    try:
+        start_call(p, worker=1)
+        p.worker(1).tm.heap.clear()
+        p.worker(1).tm.armed.clear()
+        w2 = p.worker(2)
+        p.clock.t += 3.0
+        delay = w2.tm.timer(w2.ctx, 0.0)
+        assert delay is not None and delay <= 5.0
+        got = w2.take()
+        assert [m.method for m in to(got, UAS)] == ["INVITE"]           # Timer A, late
+        assert w2.ctx.stats.tm_timer_takeovers == 1
+    finally:
+        p.close()
+
+
+def test_rpc_stats(proxy):
+    start_call(proxy)
+    tm = proxy.worker().tm
+    stats = tm.rpc_stats(proxy.worker().ctx, [])
+    assert stats["transactions"] == 1 and stats["capacity"] >= 16384
+
+
+def test_t_on_reply_zero_disarms():
+    p = Proxy(BASE + """
+route { t_on_reply("1"); t_on_reply("0"); t_relay(); }
+onreply_route[1] { append_hf("X-Ran: yes\\r\\n"); }
+""")
+    try:
+        _, sent = start_call(p)
+        sent = p.feed(uas_reply(fwd_of(sent), 180, "Ringing"), UAS)
+        assert [m.get("X-Ran") for m in to(sent, UAC)] == [None]
+    finally:
+        p.close()
