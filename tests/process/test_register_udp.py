@@ -204,7 +204,8 @@ def test_digest_registers_and_lists_the_binding(ua):
     assert contact_values(r.get("Contact")) == [
         {"uri": f"sip:alice@127.0.0.1:{ua.ep.addr[1]}", "expires": "300"}]
     rows = ua.srv.ctl_json("ul", "show", "alice")
-    assert [(row["contact"], row["expires"] in (299, 300)) for row in rows] == [
+    # natserverctl starts a Python process: a second or two may pass before it asks
+    assert [(row["contact"], 290 <= row["expires"] <= 300) for row in rows] == [
         (f"sip:alice@127.0.0.1:{ua.ep.addr[1]}", True)]
 
 
