@@ -136,6 +136,57 @@ def in_dialog(method: bytes, ok: bytes, n: int, cseq: int, uac: tuple[str, int])
 
 # ---- in-process ---------------------------------------------------------------------------
 
+BASELINE = """
+route { sl_send_reply("200", "OK"); }
+"""
+
+
+def baseline(calls: int, repeat: int) -> float:
+    """The floor of the receive path for the same six datagrams: each request answered
+    by sl_send_reply, each reply (no transaction) relayed statelessly by the core.
+    CPU microseconds per call."""
+    from natserver.context import Context, ListTransport, Proc
+    from natserver.receive import receive
+    from natserver.script import load
+    from natserver.stats import Stats
+
+    listen = ("127.0.0.1", 5060)
+    uac, uas = ("127.0.0.1", 5070), ("127.0.0.1", 5080)
+    script = load("base.cfg", text=f"listen={listen[0]}\nport={listen[1]}\n"
+                  'loadmodule "sl.so"\n' + BASELINE)
+    ctx = Context(script.config, "base.cfg")
+    ctx.script = script
+    ctx.set_modules(script.modules)
+    ctx.proc = Proc("sip worker", 1, 1, 1)
+    ctx.stats = Stats()
+    transport = ListTransport()
+    ctx.transport = transport
+    # the datagrams of one call as the proxy sees them (the replies carry its Via)
+    proxy_via = b"Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKbench.0\r\n"
+    best = None
+    cpu = time.process_time
+    for _ in range(repeat):
+        spent = 0.0
+        for i in range(calls):
+            inv = invite(i, uac, uas, listen)
+            fwd = inv.replace(b"\r\n", b"\r\n" + proxy_via, 1)
+            ring = reply(fwd, 180, b"Ringing", b"t")
+            ok = reply(fwd, 200, b"OK", b"t", b"<sip:bob@127.0.0.1:5080>", SDP)
+            ack = in_dialog(b"ACK", ok, i, 1, uac)
+            bye = in_dialog(b"BYE", ok, i, 2, uac)
+            bye_ok = reply(bye.replace(b"\r\n", b"\r\n" + proxy_via, 1), 200, b"OK", b"t")
+            for data, src in ((inv, uac), (ring, uas), (ok, uas), (ack, uac), (bye, uac),
+                              (bye_ok, uas)):
+                t = cpu()
+                receive(ctx, data, src, listen, 0.0)
+                spent += cpu() - t
+            transport.take()
+        if best is None or spent < best:
+            best = spent
+    assert best is not None
+    return best / calls * 1e6
+
+
 def inproc(calls: int, repeat: int, profile: bool) -> None:
     from natserver.context import Context, ListTransport, Proc
     from natserver.receive import receive
@@ -221,6 +272,9 @@ def inproc(calls: int, repeat: int, profile: bool) -> None:
           f"{total / calls * 1e6:.0f} us CPU per call (7 messages out, 6 in)")
     for kind in kinds:
         print(f"  {kind:<8} {best[kind] / calls * 1e6:7.1f} us")
+    floor = baseline(calls, repeat)
+    print(f"baseline (same six datagrams, each request answered by sl_send_reply, replies "
+          f"relayed statelessly): {floor:.0f} us per call")
     if prof is not None:
         pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
 

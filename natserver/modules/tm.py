@@ -64,16 +64,21 @@ MAX_BRANCHES = 12
 COOKIE = "z9hG4bK"
 # After this many seconds past its due time a record's owner is presumed gone.
 ORPHAN_LATE = 2.0
-SWEEP_INTERVAL = 5.0
+SWEEP_INTERVAL = 10.0
 # Heap entries handled per loop iteration, so a burst of timers never starves the socket.
 TIMERS_PER_TICK = 100
+# The retransmission cache (datagram hash -> transaction) keeps two generations of this
+# many seconds each: long enough for a UAC's retransmissions (Timer B/F: 32 s).
+SEEN_GENERATION = 20.0
+SEEN_MAX = 100_000
 
 Addr = tuple[str, int]
 # A record: this header, then the marshal'ed rest, then zeros. The flags and the reply
-# route sit in the header so the reply path reads them without unmarshalling.
-_HEAD = struct.Struct("<IIB")   # length of the marshal data, flags, onreply route
+# route (read by the reply path) and the timer owner (read by scans) sit in the header,
+# readable without unmarshalling.
+_HEAD = struct.Struct("<IIBHd")  # marshal length, flags, onreply route, owner, owner_due
 _HEAD_SIZE = _HEAD.size
-_VERSION = 2
+_VERSION = 3
 _AUTH = (401, 407)
 _CHALLENGES = (Hdr.WWW_AUTHENTICATE, Hdr.PROXY_AUTHENTICATE)
 # Rows of the incoming request a local reply copies (build.build_reply's list).
@@ -198,26 +203,28 @@ class Txn:
     def pack(self, size: int) -> bytes:
         data = marshal.dumps((
             _VERSION, self.st.as_tuple(), self.hint, self.canceled, self.creator,
-            self.owner, self.owner_due, self.src, self.force_rport, self.reply_addr,
+            self.src, self.force_rport, self.reply_addr,
             self.head, self.pre, self.suf, self.rest, self.last, self.last_addr,
             self.last_status, self.best, self.best_addr, self.best_status,
             tuple([b.as_tuple() for b in self.branches])))
         n = len(data)
         if n + _HEAD_SIZE > size:
             raise RecordTooBig(n + _HEAD_SIZE)
-        return b"".join((_HEAD.pack(n, self.flags, self.on_reply), data,
-                         bytes(size - _HEAD_SIZE - n)))
+        return b"".join((_HEAD.pack(n, self.flags, self.on_reply, self.owner, self.owner_due),
+                         data, bytes(size - _HEAD_SIZE - n)))
 
     @classmethod
     def load(cls, value: bytes) -> Txn:
-        n, flags, on_reply = _HEAD.unpack_from(value)
+        n, txn_flags, on_reply, owner, owner_due = _HEAD.unpack_from(value)
         t = marshal.loads(value[_HEAD_SIZE:_HEAD_SIZE + n])
         if t[0] != _VERSION:
             raise ValueError(f"record version {t[0]}")
         txn = cls(Machine.from_tuple(t[1]))
-        txn.flags = flags
+        txn.flags = txn_flags
         txn.on_reply = on_reply
-        (_, _, txn.hint, txn.canceled, txn.creator, txn.owner, txn.owner_due, txn.src,
+        txn.owner = owner
+        txn.owner_due = owner_due
+        (_, _, txn.hint, txn.canceled, txn.creator, txn.src,
          txn.force_rport, txn.reply_addr, txn.head, txn.pre, txn.suf, txn.rest, txn.last,
          txn.last_addr, txn.last_status, txn.best, txn.best_addr, txn.best_status,
          branches) = t
@@ -243,17 +250,13 @@ class Txn:
 
 
 def owner_of(value: bytes) -> tuple[int, float]:
-    """``(owner, owner_due)`` of a stored record (for scans)."""
-    n = _HEAD.unpack_from(value)[0]
-    t = marshal.loads(value[_HEAD_SIZE:_HEAD_SIZE + n])
-    if t[0] != _VERSION:
-        raise ValueError(f"record version {t[0]}")
-    return t[5], t[6]
+    """``(owner, owner_due)`` of a stored record, read from its header (for scans)."""
+    return _HEAD.unpack_from(value)[3:]
 
 
 def route_of(value: bytes) -> tuple[int, int]:
     """``(onreply route, flags)`` of a stored record, read from its header."""
-    _, flags, route = _HEAD.unpack_from(value)
+    _, flags, route, _, _ = _HEAD.unpack_from(value)
     return route, flags
 
 
@@ -342,6 +345,9 @@ class Tm(Module):
         self._uri_cache: dict[bytes, tuple[str, int] | Err] = {}
         self._full_logged = 0.0
         self._full_count = 0
+        self.seen: dict[int, bytes] = {}       # hash(datagram) -> transaction key
+        self.seen_old: dict[int, bytes] = {}
+        self.seen_since = 0.0
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -364,6 +370,9 @@ class Tm(Module):
         self.armed = {}
         self.resolver = Resolver()
         self._uri_cache = {}
+        self.seen = {}
+        self.seen_old = {}
+        self.seen_since = ctx.mono()
         host, port = ctx.listen
         if ":" in host:
             host = f"[{host}]"
@@ -388,6 +397,41 @@ class Tm(Module):
         if n:
             log.info("tm: took over the timers of %d transactions of this slot", n)
         return n
+
+    # ---- retransmissions before the script ---------------------------------------------
+
+    def on_request(self, m: MsgCtx) -> bool:
+        """A byte-identical retransmission of a request this process relayed is answered
+        from its transaction without running the script again (cfg-language.md allows
+        it when the transaction exists): no second auth check, rtpproxy command or DB
+        lookup for a UAC that retransmits. Anything else goes on to the script, where
+        t_relay still finds retransmissions that arrive at another worker."""
+        msg = m.msg
+        seen = self.seen
+        if (not seen and not self.seen_old) or msg.method in (b"ACK", b"CANCEL"):
+            return False
+        h = hash(msg.buf)
+        key = seen.get(h) or self.seen_old.get(h)
+        if key is None or self.table is None:
+            return False
+        try:
+            same = txn_id(txn_key(msg, msg.method)) == key
+        except SipError:
+            return False
+        old = self.table.get(key) if same else None
+        if old is None:
+            seen.pop(h, None)
+            self.seen_old.pop(h, None)
+            return False
+        self._retransmission(m, key, Txn.load(old))
+        return True
+
+    def _remember(self, buf: bytes, key: bytes, now: float) -> None:
+        if now - self.seen_since > SEEN_GENERATION or len(self.seen) >= SEEN_MAX:
+            self.seen_old = self.seen
+            self.seen = {}
+            self.seen_since = now
+        self.seen[hash(buf)] = key
 
     # ---- script functions -------------------------------------------------------------
 
@@ -468,7 +512,7 @@ class Tm(Module):
         txn.head = buf[:msg.first_line_end] + b"".join(
             [buf[s:e] for h, s, _c, e in msg.rows if h in _REPLY_ROWS])
         txn.pre = buf[:msg.ruri_start]
-        txn.suf = buf[msg.ruri_start + len(msg.ruri):msg.first_line_end]
+        txn.suf = buf[msg.ruri_end:msg.first_line_end]
         txn.rest = first[head_len + len(via0) + 7:]
         ckind = Kind.ICT if invite else Kind.NICT
         txn.branches = [Branch(Machine.start(ckind, now, self.timers), addr, uri)
@@ -502,6 +546,7 @@ class Tm(Module):
         if stats is not None:
             stats.tm_created += 1
         m.tx = TxRef(self, key)
+        self._remember(msg.buf, key, now)
         send = ctx.transport.send
         if invite:
             trying = build_reply(msg, 100, REASONS[100], src=m.src, force_rport=m.force_rport,

@@ -25,6 +25,15 @@ from tests.helpers.procs import ENV, NatServer, Netns
 class TmTest(Module):
     NAME = "tmtest"
 
+    def __init__(self, params: dict) -> None:
+        super().__init__(params)
+        self.calls = 0
+
+    def count_call(self, m) -> int:
+        """Counts how often the script ran (in this process)."""
+        self.calls += 1
+        return 1
+
     def append_branch(self, m, uri: bytes) -> int:
         m.branches.append(Branch(uri))
         return 1
@@ -40,6 +49,7 @@ class TmTest(Module):
 FUNCTIONS = (
     Function("append_branch", TmTest.append_branch, args=(as_bytes,)),
     Function("append_branch_from", TmTest.append_branch_from, args=(as_str,)),
+    Function("count_call", TmTest.count_call),
 )
 PARAMS = ()
 MODULE = TmTest

@@ -699,3 +699,26 @@ onreply_route[1] { append_hf("X-Ran: yes\\r\\n"); }
         assert [m.get("X-Ran") for m in to(sent, UAC)] == [None]
     finally:
         p.close()
+
+
+def test_retransmission_answered_before_the_script_runs_again():
+    p = Proxy(BASE + 'route { count_call(); t_relay(); }', workers=2)
+    try:
+        data, sent = start_call(p, worker=1)
+        counter1 = p.worker(1).ctx.modules["tmtest"]
+        assert counter1.calls == 1
+        again = p.feed(data, UAC, worker=1)
+        assert [m.status for m in to(again, UAC)] == [100] and to(again, UAS) == []
+        assert counter1.calls == 1                       # absorbed before the script
+        assert p.worker(1).ctx.stats.tm_retransmissions == 1
+        # a retransmission that reaches another worker runs the script, t_relay absorbs it
+        again = p.feed(data, UAC, worker=2)
+        assert p.worker(2).ctx.modules["tmtest"].calls == 1
+        assert [m.status for m in to(again, UAC)] == [100] and to(again, UAS) == []
+        # a different request with the same bytes but a finished transaction: script runs
+        p.advance(40.0, step=0.5)                         # 408, no ACK: Timer H ends it
+        assert p.count() == 0
+        p.feed(data, UAC, worker=1)
+        assert counter1.calls == 2
+    finally:
+        p.close()
