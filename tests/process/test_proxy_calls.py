@@ -51,12 +51,16 @@ onreply_route[1] {
 """
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["shared", "per_worker"])
+def server(request, tmp_path_factory):
+    """Both ways the workers share the port: one socket all read, or one SO_REUSEPORT
+    socket each (the kernel then hashes each 4-tuple to one worker)."""
     need_root()
     ns = Netns("nsp")
     tmp = tmp_path_factory.mktemp("proxy")
-    srv = ProxyServer(ns, CFG.replace("{fifo}", str(tmp / "fifo")), tmp)
+    cfg = CFG.replace("{fifo}", str(tmp / "fifo")).replace(
+        "children=4", f'children=4\nreuseport="{request.param}"')
+    srv = ProxyServer(ns, cfg, tmp)
     try:
         srv.wait_ready()
         yield srv

@@ -16,11 +16,12 @@ from tests.helpers.uas import Uac, Uas, UasScript
 from tests.process.test_proxy_calls import CFG, ruri, worker_stats
 
 
-@pytest.fixture
-def server(tmp_path):
+@pytest.fixture(params=["shared", "per_worker"])
+def server(request, tmp_path):
     need_root()
     ns = Netns("nsk")
-    cfg = CFG.replace("{fifo}", str(tmp_path / "fifo"))
+    cfg = CFG.replace("{fifo}", str(tmp_path / "fifo")).replace(
+        "children=4", f'children=4\nreuseport="{request.param}"')
     cfg = cfg.replace('"fr_timer", 1', '"fr_timer", 5').replace('"fr_inv_timer", 2', '"fr_inv_timer", 5')
     srv = ProxyServer(ns, cfg, tmp_path)
     try:
