@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from natserver.errors import SipError
-from natserver.modules import Function, Module, Param, RouteType, int_range
+from natserver.modules import Function, Module, Param, int_range
 from natserver.script.runtime import MsgCtx
 from natserver.sip.headers import Hdr, NameAddr, parse_name_addrs
 from natserver.sip.uri import parse_uri

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from natserver.errors import Err, SipError, TableFull, error_reply
-from natserver.modules import Function, Module, Param, RouteType, Rpc, int_range
+from natserver.modules import Function, Module, Param, Rpc, int_range
 from natserver.resolve import Resolver
 from natserver.sip.build import (
     build_ack, build_cancel, build_forward_reply, build_forward_request, build_reply,
@@ -210,8 +210,8 @@ class Txn:
         n = len(data)
         if n + _HEAD_SIZE > size:
             raise RecordTooBig(n + _HEAD_SIZE)
-        return b"".join((_HEAD.pack(n, self.flags, self.on_reply, self.owner, self.owner_due),
-                         data, bytes(size - _HEAD_SIZE - n)))
+        head = _HEAD.pack(n, self.flags, self.on_reply, self.owner, self.owner_due)
+        return (head + data).ljust(size, b"\0")
 
     @classmethod
     def load(cls, value: bytes) -> Txn:

@@ -245,8 +245,9 @@ class Uac:
                  routes: list[str] | None = None, body: bytes = b"",
                  headers: list[str] | None = None) -> bytes:
         host, port = self.addr
+        branch = branch or "z9hG4bK" + rand_token()
         lines = [f"{method} {ruri} SIP/2.0",
-                 f"Via: SIP/2.0/UDP {host}:{port};branch={branch or 'z9hG4bK' + rand_token()};rport",
+                 f"Via: SIP/2.0/UDP {host}:{port};branch={branch};rport",
                  "Max-Forwards: 70",
                  f"From: <sip:alice@{host}>;tag={self.tag}",
                  f"To: {to or '<' + ruri + '>'}",

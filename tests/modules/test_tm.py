@@ -593,13 +593,15 @@ onreply_route[3] { append_hf("X-Late: yes\\r\\n"); }
 
 
 def test_reply_not_ours_is_left_to_the_core(proxy):
-    stray = make_reply(parse(request("INVITE", RURI, src=(LISTEN[0], LISTEN[1]))), 200, "OK",
-                       to_tag="x").replace(b"Via: ", b"Via: SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKup\r\nVia: ", 0)
-    tm = proxy.worker().tm
-    assert proxy.count() == 0
-    assert tm.table is not None
-    proxy.feed(stray, UAS)  # no exception, nothing matched
-    assert proxy.worker().ctx.stats.tm_replies_relayed == 0
+    """A reply whose branch is not one of tm's (a stateless forward's, another proxy
+    state) is relayed statelessly by the core along its Vias."""
+    up = request("OPTIONS", RURI, src=UAC)
+    fwd = up.replace(b"Via: ", b"Via: SIP/2.0/UDP %s:%d;branch=z9hG4bKother\r\nVia: "
+                     % (LISTEN[0].encode(), LISTEN[1]), 1)
+    sent = proxy.feed(make_reply(parse(fwd), 200, "OK", to_tag="x"), UAS)
+    assert [m.status for m in to(sent, UAC)] == [200]
+    stats = proxy.worker().ctx.stats
+    assert stats.tm_replies_relayed == 0 and stats.fwd_replies == 1
 
 
 # ---- more edges ---------------------------------------------------------------------------

@@ -22,7 +22,9 @@ def server(request, tmp_path):
     ns = Netns("nsk")
     cfg = CFG.replace("{fifo}", str(tmp_path / "fifo")).replace(
         "children=4", f'children=4\nreuseport="{request.param}"')
-    cfg = cfg.replace('"fr_timer", 1', '"fr_timer", 5').replace('"fr_inv_timer", 2', '"fr_inv_timer", 5')
+    # the UAS answers after 2 s: the timers must not end the call first
+    cfg = cfg.replace('"fr_timer", 1', '"fr_timer", 5')
+    cfg = cfg.replace('"fr_inv_timer", 2', '"fr_inv_timer", 5')
     srv = ProxyServer(ns, cfg, tmp_path)
     try:
         srv.wait_ready()
