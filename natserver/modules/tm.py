@@ -28,6 +28,10 @@ its owner expects becomes the owner. A SIP worker that starts (also after a kill
 scans the table once for records owned by its slot; the timer process adopts records
 whose owner is more than ``ORPHAN_LATE`` seconds late (an owner that is not coming
 back, or is stuck), so no transaction loses its timers for more than a respawn.
+
+Retransmissions. A byte-identical copy of a request this process relayed is answered
+from its record before the script runs (a two-generation cache of datagram hashes);
+one that reaches another worker runs the script and t_relay finds the record.
 """
 
 from __future__ import annotations
