@@ -1,0 +1,423 @@
+"""CPU of the SIP hot path, in-process, over the production cfg (conf/natserver.cfg).
+
+    python -m loadtest.hotpath_bench [--scenarios options,register,call] [--count 2000]
+                                     [--repeat 5] [--profile] [--profile-top 40]
+
+The receive path runs in this process exactly as a SIP worker runs it: the Context is
+built as the supervisor builds it (modules' ``init`` with the real shared-memory tables
+and the secret, then ``child_init`` as sip worker 1/2), the cfg is conf/natserver.cfg as
+``loadtest.compare`` rewrites it for a benchmark (listen, db_url: a temporary SQLite
+file with the subscribers provisioned), and datagrams go into a ListTransport. The
+UAs are simulated with the load generator's own SIP (loadtest/sipmsg.py), message for
+message what ``natserver-loadtest`` sends; only ``receive()`` and the worker's timer
+hook are timed (``time.process_time``), summed per message kind.
+
+Scenarios (one "operation" each):
+
+- ``options``: a stateless OPTIONS to the server (the cfg's monitoring answer).
+- ``register``: REGISTER -> 100 + 401, REGISTER with credentials -> 100 + 200 (the
+  seed's route[2]: search, nat_uac_test, www_authorize on SQLite, check_to,
+  consume_credentials, save with usrloc db_mode 2).
+- ``call``: INVITE -> 407, ACK, INVITE with Proxy-Authorization -> 100 + relayed
+  INVITE, 180, 200, ACK (loose-routed, stateless), BYE, 200 - between two registered
+  users, with tm's timers run on a virtual clock (200 calls per second), so every
+  transaction also expires inside the measurement.
+
+Each figure is the best of ``--repeat`` runs of ``--count`` operations (the machine is
+shared: the minimum is the least disturbed run). ``--profile`` adds a cProfile of one
+more run per scenario (tottime and cumulative).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import hashlib
+import io
+import os
+import pstats
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from loadtest import sipmsg  # noqa: E402
+from loadtest.compare import NATSERVER_CFG, natserver_cfg  # noqa: E402
+from natserver.context import Context, ListTransport, Proc  # noqa: E402
+from natserver.db import open_db  # noqa: E402
+from natserver.db.schema import create_schema  # noqa: E402
+from natserver.modules import Module  # noqa: E402
+from natserver.receive import receive  # noqa: E402
+from natserver.script import load  # noqa: E402
+from natserver.shm import Tables  # noqa: E402
+from natserver.stats import COUNTER_NAMES, Stats  # noqa: E402
+
+HOST = "127.0.0.1"
+PORT = 5060
+LISTEN = (HOST, PORT)
+DOMAIN = b"%s:%d" % (HOST.encode(), PORT)        # what the generator uses: the target
+UAC = (HOST, 40001)
+UAS = (HOST, 40002)
+UA = b"natserver-loadtest"
+USERS = 1000                                      # subscribers (half of them callees)
+WALL0 = 1.7e9                                     # virtual wall clock = WALL0 + mono
+CALL_STEP = 0.005                                 # virtual seconds between calls
+
+
+def user(n: int) -> tuple[bytes, bytes]:
+    """The generator's default user rule: user0001 / pass0001."""
+    return b"user%04d" % n, b"pass%04d" % n
+
+
+# ---- the server in this process ---------------------------------------------------------
+
+class Server:
+    """natserver's receive path over the production cfg, built like the supervisor
+    builds it, with a virtual clock the benchmark moves."""
+
+    def __init__(self, work: Path, cfg_path: Path = NATSERVER_CFG) -> None:
+        self.db_url = f"sqlite://{work / 'natserver.db'}"
+        self._provision(self.db_url)
+        text = natserver_cfg(cfg_path.read_text(), host=HOST, port=PORT, children=2,
+                             fifo=str(work / "fifo"), db_url=self.db_url)
+        script = load(str(work / "natserver.cfg"), text=text)
+        self.mono = 1000.0
+        ctx = Context(script.config, str(work / "natserver.cfg"))
+        ctx.script = script
+        ctx.secret = os.urandom(16)
+        ctx.set_modules(script.modules)
+        ctx.proc = Proc("supervisor", 0, 1, 0)
+        ctx.mono = lambda: self.mono
+        ctx.clock = lambda: WALL0 + self.mono
+        specs: dict[str, tuple[int, int, int]] = {}
+        for module in ctx.modules.values():
+            specs.update(module.shm_tables(ctx))
+        ctx.tables = Tables.build(specs, proc_slots=8, counter_names=COUNTER_NAMES)
+        for module in ctx.modules.values():
+            module.init(ctx)
+        # what natserver.workers.base does in a SIP worker after fork
+        ctx.proc = Proc("sip worker", 1, 2, 1)
+        ctx.stats = Stats()
+        self.transport = ListTransport()
+        ctx.transport = self.transport
+        for module in ctx.modules.values():
+            module.child_init(ctx)
+        self.ctx = ctx
+        self.hooks = [m for m in ctx.modules.values()
+                      if type(m).worker_timer is not Module.worker_timer]
+
+    @staticmethod
+    def _provision(url: str) -> None:
+        """``natserverctl db init`` and the subscribers, as loadtest.compare does."""
+        with open_db(url) as db:
+            create_schema(db)
+        conn = sqlite3.connect(url.removeprefix("sqlite://"))
+        with conn:
+            rows = []
+            for n in range(1, USERS + 1):
+                name, pw = user(n)
+                dom = DOMAIN.decode()
+                rows.append((name.decode(), dom, pw.decode(),
+                             _md5(b"%s:%s:%s" % (name, DOMAIN, pw)),
+                             _md5(b"%s@%s:%s:%s" % (name, DOMAIN, DOMAIN, pw))))
+            conn.executemany("INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
+                             "VALUES (?, ?, ?, ?, ?)", rows)
+        conn.close()
+
+    def feed(self, data: bytes, src: tuple[str, int]) -> list[bytes]:
+        receive(self.ctx, data, src, LISTEN, WALL0 + self.mono)
+        return [d for d, _ in self.transport.take()]
+
+    def timers(self) -> None:
+        for module in self.hooks:
+            module.worker_timer(self.ctx, self.mono)
+
+    def close(self) -> None:
+        for module in self.ctx.modules.values():
+            db = getattr(module, "db", None)
+            if db is not None:
+                db.close()
+        self.ctx.tables.close()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+# ---- the measurement ----------------------------------------------------------------------
+
+class Meter:
+    """CPU time of the server's steps, per kind; optionally under a profiler."""
+
+    def __init__(self, server: Server, prof: cProfile.Profile | None = None) -> None:
+        self.server = server
+        self.spent: dict[str, float] = {}
+        self.prof = prof
+
+    def feed(self, kind: str, data: bytes, src: tuple[str, int]) -> list[bytes]:
+        cpu = time.process_time
+        prof = self.prof
+        t = cpu()
+        if prof is not None:
+            prof.enable()
+        out = self.server.feed(data, src)
+        if prof is not None:
+            prof.disable()
+        self.spent[kind] = self.spent.get(kind, 0.0) + cpu() - t
+        return out
+
+    def timers(self) -> None:
+        t = time.process_time()
+        if self.prof is not None:
+            self.prof.enable()
+        self.server.timers()
+        if self.prof is not None:
+            self.prof.disable()
+        self.spent["timers"] = self.spent.get("timers", 0.0) + time.process_time() - t
+
+
+def expect(out: list[bytes], *firsts: bytes) -> None:
+    """The server sent exactly these datagrams (by their first bytes), in order."""
+    got = [d[:len(f)] for d, f in zip(out, firsts)]
+    if len(out) != len(firsts) or got != list(firsts):
+        raise AssertionError(f"expected {firsts}, got {[d[:40] for d in out]}")
+
+
+class Ids:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def key(self) -> bytes:
+        self.n += 1
+        return b"bench0%010x" % self.n
+
+
+class Uac:
+    """The generator's UAC and registration client, in plain bytes (loadtest/sipmsg.py)."""
+
+    def __init__(self, ids: Ids) -> None:
+        self.ids = ids
+        self.via = b"Via: SIP/2.0/UDP %s:%d;branch=z9hG4bK" % (HOST.encode(), UAC[1])
+        self.cseq: dict[bytes, int] = {}
+        self.call_ids: dict[bytes, bytes] = {}
+        self.tags: dict[bytes, bytes] = {}
+        self.reg_uri = b"sip:" + DOMAIN
+        self.reg_ha2 = sipmsg.ha2(b"REGISTER", self.reg_uri)
+        self.sdp = sipmsg.sdp(HOST.encode(), 9, 1)
+
+    def register(self, name: bytes, port: int, auth: bytes = b"") -> bytes:
+        if name not in self.call_ids:
+            self.call_ids[name] = self.ids.key() + b"@lt"
+            self.tags[name] = self.ids.key()
+        cseq = self.cseq[name] = self.cseq.get(name, 0) + 1
+        return (b"REGISTER %s SIP/2.0\r\n%s%s;rport\r\nMax-Forwards: 70\r\n"
+                b"From: <sip:%s@%s>;tag=%s\r\nTo: <sip:%s@%s>\r\nCall-ID: %s\r\n"
+                b"CSeq: %d REGISTER\r\nContact: <sip:%s@%s:%d>\r\nExpires: 3600\r\n"
+                b"%sUser-Agent: %s\r\nContent-Length: 0\r\n\r\n" % (
+                    self.reg_uri, self.via, self.ids.key(), name, DOMAIN, self.tags[name],
+                    name, DOMAIN, self.call_ids[name], cseq, name, HOST.encode(), port, auth,
+                    UA))
+
+    def authorization(self, header: bytes, reply: bytes, status: int, name: bytes,
+                      pw: bytes, method: bytes, uri: bytes) -> bytes:
+        ch = sipmsg.challenge(reply, status)
+        assert ch is not None, reply
+        return sipmsg.authorization(header, ch, name, sipmsg.ha1(name, ch.realm, pw), method,
+                                    uri, b"")
+
+    def invite(self, ruri: bytes, caller: bytes, ftag: bytes, cid: bytes, cseq: int,
+               key: bytes, auth: bytes = b"") -> bytes:
+        return (b"INVITE %s SIP/2.0\r\n%s%s;rport\r\nMax-Forwards: 70\r\n"
+                b"From: <sip:%s@%s>;tag=%s\r\nTo: <%s>\r\nCall-ID: %s\r\nCSeq: %d INVITE\r\n"
+                b"Contact: <sip:%s@%s:%d>\r\n%sUser-Agent: %s\r\n"
+                b"Content-Type: application/sdp\r\nContent-Length: %d\r\n\r\n%s" % (
+                    ruri, self.via, key, caller, DOMAIN, ftag, ruri, cid, cseq, caller,
+                    HOST.encode(), UAC[1], auth, UA, len(self.sdp), self.sdp))
+
+    def in_dialog(self, method: bytes, target: bytes, route: bytes, caller: bytes,
+                  ftag: bytes, ruri: bytes, rtag: bytes, cid: bytes, cseq: int,
+                  key: bytes) -> bytes:
+        return (b"%s %s SIP/2.0\r\n%s%s;rport\r\nMax-Forwards: 70\r\n%s"
+                b"From: <sip:%s@%s>;tag=%s\r\nTo: <%s>;tag=%s\r\nCall-ID: %s\r\n"
+                b"CSeq: %d %s\r\nUser-Agent: %s\r\nContent-Length: 0\r\n\r\n" % (
+                    method, target, self.via, key, route, caller, DOMAIN, ftag, ruri, rtag,
+                    cid, cseq, method, UA))
+
+
+def do_options(server: Server, meter: Meter, uac: Uac, i: int) -> None:
+    key = uac.ids.key()
+    data = (b"OPTIONS sip:%s SIP/2.0\r\n%s%s;rport\r\nMax-Forwards: 70\r\n"
+            b"From: <sip:%s@%s>;tag=%s\r\nTo: <sip:%s>\r\nCall-ID: %s@lt\r\n"
+            b"CSeq: 1 OPTIONS\r\nUser-Agent: %s\r\nContent-Length: 0\r\n\r\n" % (
+                DOMAIN, uac.via, key, user(1)[0], DOMAIN, key, DOMAIN, key, UA))
+    expect(meter.feed("OPTIONS", data, UAC), b"SIP/2.0 200")
+
+
+def do_register(server: Server, meter: Meter, uac: Uac, i: int) -> None:
+    name, pw = user(1 + i % USERS)
+    out = meter.feed("REGISTER", uac.register(name, UAC[1]), UAC)
+    expect(out, b"SIP/2.0 100", b"SIP/2.0 401")
+    auth = uac.authorization(b"Authorization", out[1], 401, name, pw, b"REGISTER",
+                             uac.reg_uri)
+    out = meter.feed("REGISTER auth", uac.register(name, UAC[1], auth), UAC)
+    expect(out, b"SIP/2.0 100", b"SIP/2.0 200")
+
+
+def do_call(server: Server, meter: Meter, uac: Uac, i: int) -> None:
+    half = USERS // 2
+    caller = user(1 + i % half)
+    callee = user(half + 1 + i % half)
+    ids = uac.ids
+    server.mono += CALL_STEP
+    ruri = b"sip:%s@%s" % (callee[0], DOMAIN)
+    cid = ids.key() + b"@lt"
+    ftag = ids.key()
+    key = ids.key()
+    out = meter.feed("INVITE", uac.invite(ruri, caller[0], ftag, cid, 1, key), UAC)
+    expect(out, b"SIP/2.0 407")
+    rtag = sipmsg.to_tag(out[0]) or b""
+    ack = (b"ACK %s SIP/2.0\r\n%s%s;rport\r\nMax-Forwards: 70\r\n"
+           b"From: <sip:%s@%s>;tag=%s\r\nTo: <%s>;tag=%s\r\nCall-ID: %s\r\n"
+           b"CSeq: 1 ACK\r\nUser-Agent: %s\r\nContent-Length: 0\r\n\r\n" % (
+               ruri, uac.via, key, caller[0], DOMAIN, ftag, ruri, rtag, cid, UA))
+    expect(meter.feed("ACK 407", ack, UAC))
+    auth = uac.authorization(b"Proxy-Authorization", out[0], 407, caller[0], caller[1],
+                             b"INVITE", ruri)
+    out = meter.feed("INVITE auth", uac.invite(ruri, caller[0], ftag, cid, 2, ids.key(), auth),
+                     UAC)
+    expect(out, b"SIP/2.0 100", b"INVITE ")
+    req = sipmsg.parse_request(out[1])
+    assert req is not None
+    tag = ids.key()
+    contact = b"Contact: <sip:%s@%s:%d>\r\n" % (callee[0], HOST.encode(), UAS[1])
+    expect(meter.feed("180", sipmsg.reply(req, 180, b"Ringing", tag, contact), UAS),
+           b"SIP/2.0 180")
+    ok = sipmsg.reply(req, 200, b"OK", tag, contact, uac.sdp)
+    out = meter.feed("200", ok, UAS)
+    expect(out, b"SIP/2.0 200")
+    target = sipmsg.contact_uri(out[0]) or ruri
+    route = b"".join(b"Route: %s\r\n" % r for r in reversed(sipmsg.route_set(out[0])))
+    rtag = sipmsg.to_tag(out[0]) or b""
+    ack = uac.in_dialog(b"ACK", target, route, caller[0], ftag, ruri, rtag, cid, 2, ids.key())
+    expect(meter.feed("ACK", ack, UAC), b"ACK ")
+    bye = uac.in_dialog(b"BYE", target, route, caller[0], ftag, ruri, rtag, cid, 3, ids.key())
+    out = meter.feed("BYE", bye, UAC)
+    expect(out, b"BYE ")
+    req = sipmsg.parse_request(out[0])
+    assert req is not None
+    expect(meter.feed("200 BYE", sipmsg.reply(req, 200, b"OK", None), UAS), b"SIP/2.0 200")
+    meter.timers()
+
+
+def register_callees(server: Server, uac: Uac) -> None:
+    """Every callee bound at the UAS address (the call scenario's prepare phase)."""
+    meter = Meter(server)
+    for n in range(USERS // 2 + 1, USERS + 1):
+        name, pw = user(n)
+        out = meter.feed("REGISTER", uac.register(name, UAS[1]), UAS)
+        auth = uac.authorization(b"Authorization", out[1], 401, name, pw, b"REGISTER",
+                                 uac.reg_uri)
+        expect(meter.feed("REGISTER", uac.register(name, UAS[1], auth), UAS),
+               b"SIP/2.0 100", b"SIP/2.0 200")
+
+
+def drain(server: Server, meter: Meter) -> None:
+    """Let every transaction of the run expire (timer hook CPU counted)."""
+    server.mono += 40.0
+    for _ in range(10000):
+        meter.timers()
+        if not server.ctx.tables["transactions"].count():
+            return
+    raise AssertionError("transactions left after the run")
+
+
+SCENARIOS: dict[str, tuple[Callable[[Server, Meter, Uac, int], None], str]] = {
+    "options": (do_options, "stateless OPTIONS"),
+    "register": (do_register, "REGISTER -> 401 -> REGISTER -> 200"),
+    "call": (do_call, "call with proxy auth"),
+}
+
+
+def run(server: Server, uac: Uac, scenario: str, count: int,
+        prof: cProfile.Profile | None = None) -> dict[str, float]:
+    fn = SCENARIOS[scenario][0]
+    meter = Meter(server, prof)
+    for i in range(count):
+        fn(server, meter, uac, i)
+    if scenario == "call":
+        drain(server, meter)
+    return meter.spent
+
+
+def measure(scenario: str, count: int, repeat: int, profile: bool, top: int,
+            work: Path) -> dict[str, float]:
+    server = Server(work / scenario)
+    try:
+        uac = Uac(Ids())
+        if scenario == "call":
+            register_callees(server, uac)
+        run(server, uac, scenario, min(count, 200))  # warm caches, statements, resolver
+        gc.collect()
+        best: dict[str, float] | None = None
+        for _ in range(repeat):
+            spent = run(server, uac, scenario, count)
+            if best is None or sum(spent.values()) < sum(best.values()):
+                best = spent
+        assert best is not None
+        total = sum(best.values())
+        print(f"{scenario}: {SCENARIOS[scenario][1]}, {count} x best of {repeat}: "
+              f"{total / count * 1e6:.1f} us CPU per operation")
+        for kind, t in best.items():
+            print(f"  {kind:<14} {t / count * 1e6:8.1f} us")
+        if profile:
+            prof = cProfile.Profile()
+            run(server, uac, scenario, count, prof)
+            for order in ("tottime", "cumulative"):
+                buf = io.StringIO()
+                pstats.Stats(prof, stream=buf).sort_stats(order).print_stats(top)
+                print(f"--- {scenario}: cProfile by {order} (one run, profiler overhead "
+                      f"included) ---")
+                print(_trim(buf.getvalue()))
+        return {"total_us": total / count * 1e6} | {
+            k: t / count * 1e6 for k, t in best.items()}
+    finally:
+        server.close()
+
+
+def _trim(text: str) -> str:
+    """pstats output without its header lines and with paths relative to the repo."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    return "\n".join(line.replace(str(ROOT) + "/", "") for line in lines[start:] if line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenarios", default="options,register,call")
+    ap.add_argument("--count", type=int, default=2000, help="operations per run")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per figure (best taken)")
+    ap.add_argument("--profile", action="store_true", help="add a cProfile breakdown")
+    ap.add_argument("--profile-top", type=int, default=40)
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ns-hotpath-"))
+    try:
+        for scenario in args.scenarios.split(","):
+            (work / scenario).mkdir()
+            measure(scenario, args.count, args.repeat, args.profile, args.profile_top, work)
+        print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+              f"load average {os.getloadavg()[0]:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
