@@ -26,6 +26,22 @@ Scenarios (one "operation" each):
 Each figure is the best of ``--repeat`` runs of ``--count`` operations (the machine is
 shared: the minimum is the least disturbed run). ``--profile`` adds a cProfile of one
 more run per scenario (tottime and cumulative).
+
+End to end (needs root: the server forwards to addresses read from messages, so it
+runs in a network namespace made for the run, with the generator):
+
+    python -m loadtest.hotpath_bench e2e [--scenarios register,call] [--children 2]
+                                         [--rate-register 300] [--rate-call 100]
+                                         [--count 1500] [--repeat 3]
+
+natserver (``-D -E``, conf/natserver.cfg as ``loadtest.compare`` runs it, 1,000
+subscribers provisioned the same way) and ``natserver-loadtest`` (2 generator
+processes); the server's CPU (every process, from /proc) per 1,000 operations at a
+fixed rate, two ways: ``run``, the whole generator run as loadtest.compare counts it
+(the call scenario's callees register first, and that is in it), and ``marginal``,
+the difference between a run of ``--count`` operations and one of a fifth as many,
+divided by the difference in operations - what one more operation costs, set-up and
+start-up excluded (the idle processes' CPU during the extra seconds stays in).
 """
 
 from __future__ import annotations
@@ -92,7 +108,7 @@ class Server:
         self.mono = 1000.0
         ctx = Context(script.config, str(work / "natserver.cfg"))
         ctx.script = script
-        ctx.secret = os.urandom(16)
+        ctx.secret = b"hotpath-bench-16"  # fixed: every run sends the same bytes
         ctx.set_modules(script.modules)
         ctx.proc = Proc("supervisor", 0, 1, 0)
         ctx.mono = lambda: self.mono
@@ -157,10 +173,12 @@ def _md5(data: bytes) -> str:
 class Meter:
     """CPU time of the server's steps, per kind; optionally under a profiler."""
 
-    def __init__(self, server: Server, prof: cProfile.Profile | None = None) -> None:
+    def __init__(self, server: Server, prof: cProfile.Profile | None = None,
+                 transcript: list[bytes] | None = None) -> None:
         self.server = server
         self.spent: dict[str, float] = {}
         self.prof = prof
+        self.transcript = transcript
 
     def feed(self, kind: str, data: bytes, src: tuple[str, int]) -> list[bytes]:
         cpu = time.process_time
@@ -172,6 +190,8 @@ class Meter:
         if prof is not None:
             prof.disable()
         self.spent[kind] = self.spent.get(kind, 0.0) + cpu() - t
+        if self.transcript is not None:
+            self.transcript += out
         return out
 
     def timers(self) -> None:
@@ -347,9 +367,10 @@ SCENARIOS: dict[str, tuple[Callable[[Server, Meter, Uac, int], None], str]] = {
 
 
 def run(server: Server, uac: Uac, scenario: str, count: int,
-        prof: cProfile.Profile | None = None) -> dict[str, float]:
+        prof: cProfile.Profile | None = None,
+        transcript: list[bytes] | None = None) -> dict[str, float]:
     fn = SCENARIOS[scenario][0]
-    meter = Meter(server, prof)
+    meter = Meter(server, prof, transcript)
     for i in range(count):
         fn(server, meter, uac, i)
     if scenario == "call":
@@ -358,13 +379,18 @@ def run(server: Server, uac: Uac, scenario: str, count: int,
 
 
 def measure(scenario: str, count: int, repeat: int, profile: bool, top: int,
-            work: Path) -> dict[str, float]:
+            work: Path, transcript: Path | None = None) -> dict[str, float]:
     server = Server(work / scenario)
     try:
         uac = Uac(Ids())
         if scenario == "call":
             register_callees(server, uac)
-        run(server, uac, scenario, min(count, 200))  # warm caches, statements, resolver
+        sent: list[bytes] = []
+        # warm caches, statements, resolver; the datagrams of this run are the transcript
+        run(server, uac, scenario, min(count, 200), transcript=sent)
+        if transcript is not None:
+            with transcript.open("ab") as fh:
+                fh.write(b"".join(b"%d\n%s\n" % (len(d), d) for d in sent))
         gc.collect()
         best: dict[str, float] | None = None
         for _ in range(repeat):
@@ -399,19 +425,88 @@ def _trim(text: str) -> str:
     return "\n".join(line.replace(str(ROOT) + "/", "") for line in lines[start:] if line)
 
 
+# ---- end to end ---------------------------------------------------------------------------
+
+def e2e(scenarios: list[str], children: int, rates: dict[str, float], count: int,
+        repeat: int) -> None:
+    import subprocess
+
+    from loadtest.compare import NatserverProc, generator
+    from loadtest.scenarios.common import rule_users
+
+    if os.geteuid() != 0:
+        raise SystemExit("e2e needs root (the server runs in a network namespace)")
+    netns = f"ns-hot-{os.urandom(4).hex()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+    server = NatserverProc(rule_users(USERS), children=children, netns=netns)
+    try:
+        server.start()
+        server.provision()
+        time.sleep(1.0)
+        c0 = server.cpu_seconds()
+        time.sleep(5.0)
+        idle = (server.cpu_seconds() - c0) / 5.0
+        print(f"natserver children={children}: idle CPU {idle * 100:.2f} % of a core")
+        base = ["-u", str(USERS), "-p", "2", "-d", "0", "--timeout", "8"]
+        for scenario in scenarios:
+            extra = ["--hold", "0.5"] if scenario == "call" else []
+            rate = rates[scenario]
+            per_run: list[float] = []
+            marginal: list[float] = []
+            for _ in range(repeat):
+                used = {}
+                for n in (count // 5, count):
+                    c0 = server.cpu_seconds()
+                    doc = generator(netns, server, scenario, *base, *extra, "-r", f"{rate:g}",
+                                    "-m", str(n))
+                    used[n] = (server.cpu_seconds() - c0, doc["summary"]["ok"])
+                    if doc["summary"]["ok"] < n * 0.99:
+                        print(f"  warning: {scenario} {doc['summary']['ok']} of {n} ok: "
+                              f"{doc.get('causes')}")
+                (c_small, ok_small), (c_big, ok_big) = used[count // 5], used[count]
+                per_run.append(c_big / max(ok_big, 1) * 1000)
+                marginal.append((c_big - c_small) / max(ok_big - ok_small, 1) * 1000)
+            print(f"{scenario} at {rate:g}/s, {count} per run, best of {repeat}: "
+                  f"run {min(per_run):.3f} CPU-s per 1,000 (all runs "
+                  f"{', '.join(f'{v:.3f}' for v in per_run)}), marginal "
+                  f"{min(marginal):.3f} (all {', '.join(f'{v:.3f}' for v in marginal)})")
+        print(f"load average {os.getloadavg()[0]:.2f}")
+    finally:
+        server.stop()
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["e2e"]:
+        ap = argparse.ArgumentParser(description="end to end: server CPU per 1,000")
+        ap.add_argument("--scenarios", default="register,call")
+        ap.add_argument("--children", type=int, default=2)
+        ap.add_argument("--rate-register", type=float, default=300.0)
+        ap.add_argument("--rate-call", type=float, default=100.0)
+        ap.add_argument("--count", type=int, default=1500)
+        ap.add_argument("--repeat", type=int, default=3)
+        a = ap.parse_args(argv[1:])
+        e2e(a.scenarios.split(","), a.children,
+            {"register": a.rate_register, "call": a.rate_call}, a.count, a.repeat)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenarios", default="options,register,call")
     ap.add_argument("--count", type=int, default=2000, help="operations per run")
     ap.add_argument("--repeat", type=int, default=5, help="runs per figure (best taken)")
     ap.add_argument("--profile", action="store_true", help="add a cProfile breakdown")
     ap.add_argument("--profile-top", type=int, default=40)
+    ap.add_argument("--transcript", type=Path,
+                    help="append every datagram the server sent in the first (warm-up) run "
+                         "to this file: the same code sends the same bytes (compare runs)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ns-hotpath-"))
     try:
         for scenario in args.scenarios.split(","):
             (work / scenario).mkdir()
-            measure(scenario, args.count, args.repeat, args.profile, args.profile_top, work)
+            measure(scenario, args.count, args.repeat, args.profile, args.profile_top, work,
+                    args.transcript)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
               f"load average {os.getloadavg()[0]:.2f}")
     finally:
