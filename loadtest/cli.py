@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server HOST:PORT (default 127.0.0.1:5060)")
     g.add_argument("--domain", default="", help="SIP domain of the users (default: the target)")
     g.add_argument("--local-ip", default="127.0.0.1", help="address the generator binds")
+    g.add_argument("--local-port", type=int, default=0,
+                   help="first local SIP port (UAC; UAS +1; process i +2i): the same contacts "
+                        "run after run (default: any port; --max-rate picks one for all trials)")
     g.add_argument("--no-connect", action="store_true",
                    help="do not connect the SIP sockets to the target (for servers that "
                         "answer or forward from another address)")
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="failure ratio of --max-rate and of the exit status (default 0.01)")
     g = p.add_argument_group("users")
     g.add_argument("-u", "--users", type=int, default=100, help="how many users (default 100)")
+    g.add_argument("--first-user", type=int, default=1, help="n of the first user (default 1)")
     g.add_argument("--user-format", default="user{n:04d}",
                    help="user name rule, n counts from 1 (default user{n:04d})")
     g.add_argument("--password-format", default="pass{n:04d}",
@@ -98,14 +102,15 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.users_csv:
         users = csv_users(args.users_csv)
     else:
-        users = rule_users(args.users, args.user_format, args.password_format)
+        users = rule_users(args.users, args.user_format, args.password_format, args.first_user)
     timeout = args.timeout or (8.0 if args.max_rate else 64 * args.t1)
     return Settings(scenario=args.scenario, target=args.target, domain=args.domain,
                     local_ip=args.local_ip, rate=args.rate, ramp=args.ramp,
                     duration=args.duration, max_count=args.max_count, limit=args.limit,
                     users=users, callees=args.callees, expires=args.expires,
                     reregister=args.reregister, hold=args.hold, rtp=args.rtp, timeout=timeout,
-                    t1=args.t1, t2=args.t2, drain=args.drain, connect=not args.no_connect)
+                    t1=args.t1, t2=args.t2, drain=args.drain, connect=not args.no_connect,
+                    local_port=args.local_port)
 
 
 def main(argv: list[str] | None = None) -> int:

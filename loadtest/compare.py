@@ -48,6 +48,7 @@ log = logging.getLogger("loadtest.compare")
 
 ROOT = Path(__file__).resolve().parents[1]
 NATSERVER_CFG = ROOT / "conf" / "natserver.cfg"
+GEN_PORT = 40000          # the namespace is the run's own: these ports are free
 BEGIN = "<!-- loadtest/compare.py: begin -->"
 END = "<!-- loadtest/compare.py: end -->"
 
@@ -321,7 +322,8 @@ def run_pair(netns: str, all_servers: dict[str, Server], plan: Plan, figures: di
              natserver_max: dict[str, float], can: dict[str, set[str]]) -> None:
     """Every figure once per server, servers back to back. A server takes part in the
     register and call rows only when ``can[server]`` holds that scenario."""
-    base = ["-u", str(plan.users), "-p", str(plan.procs)]
+    # fixed generator ports: every run registers the same contacts (see --local-port)
+    base = ["-u", str(plan.users), "-p", str(plan.procs), "--local-port", str(GEN_PORT)]
     for scenario, start in (("register", plan.start_rate_register), ("call", plan.start_rate_call)):
         servers = {k: v for k, v in all_servers.items() if scenario in can.get(k, set())}
         if not servers:

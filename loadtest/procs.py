@@ -26,7 +26,7 @@ import orjson
 
 from loadtest.engine import Loop, RateControl
 from loadtest.scenarios import SCENARIOS
-from loadtest.scenarios.common import Scenario, Settings, shard_of
+from loadtest.scenarios.common import Scenario, Settings, free_port_base, shard_of
 from loadtest.stats import Stats
 
 log = logging.getLogger("loadtest")
@@ -166,7 +166,8 @@ def shard_settings(cfg: Settings, i: int, n: int) -> Settings:
         callees = max(1, cfg.callees // n + (1 if i < cfg.callees % n else 0))
     return dataclasses.replace(cfg, users=users, rate=cfg.rate / n, max_count=max_count,
                                limit=(cfg.limit + n - 1) // n if cfg.limit else 0,
-                               callees=callees, shard=i, shards=n)
+                               callees=callees, shard=i, shards=n,
+                               local_port=cfg.local_port + 2 * i if cfg.local_port else 0)
 
 
 class _Child:
@@ -361,6 +362,10 @@ def search_max_rate(cfg: Settings, procs: int, *, max_failures: float = 0.01,
     trial is run again up to ``confirm`` times before the rate counts as too high:
     on a shared machine one hiccup of another process can fail a trial."""
     trials: list[Trial] = []
+    if not cfg.local_port:
+        # the same contacts in every trial: a registrar updates them instead of
+        # collecting a binding per trial and user, which would slow the later trials
+        cfg = dataclasses.replace(cfg, local_port=free_port_base(cfg.local_ip, 2 * max(1, procs)))
 
     def trial(rate: float) -> bool:
         for _ in range(1 + confirm):

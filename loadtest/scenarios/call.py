@@ -63,7 +63,8 @@ class CallScenario(Scenario):
         self.callers = users[:len(users) - n_callees] or list(users)
         # the proxy forwards from the address we send to, so the UAS socket is
         # connected too (--no-connect for servers that answer from elsewhere)
-        self.uas = udp_socket(cfg.local_ip, 0, cfg.target if cfg.connect else None)
+        self.uas = udp_socket(cfg.local_ip, cfg.local_port + 1 if cfg.local_port else 0,
+                              cfg.target if cfg.connect else None)
         self.uas_port = self.uas.getsockname()[1]
         loop.add_reader(self.uas, self._on_uas, cfg.connect)
         self.setup_reg = Registrar(self, "setup: ")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import os
+import random
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,9 @@ class Settings:
     drain: float = 0.0               # most seconds to wait for units in flight (0: auto)
     prepare_timeout: float = 30.0
     connect: bool = True             # connect the SIP sockets to the target (faster)
+    # first SIP port of this process (UAC, then UAS); 0 = any. Fixed ports keep the
+    # contacts the same from run to run, so a registrar's bindings do not pile up.
+    local_port: int = 0
     shard: int = 0
     shards: int = 1
 
@@ -146,7 +151,7 @@ class Scenario:
             c.setdefault(name, 0)
         # sends to the target go to ``peer``: None on connected sockets
         self.peer = None if cfg.connect else cfg.target
-        self.uac = udp_socket(cfg.local_ip, 0, cfg.target if cfg.connect else None)
+        self.uac = udp_socket(cfg.local_ip, cfg.local_port, cfg.target if cfg.connect else None)
         self.uac_port = self.uac.getsockname()[1]
         loop.add_reader(self.uac, self._on_uac, cfg.connect)
         self.users = [User(u, p) for u, p in cfg.users]
@@ -324,6 +329,25 @@ class Registrar:
         else:
             self.scn.stats.fail(self.prefix + cause)
         reg.on_done(reg, ok, now)
+
+
+def free_port_base(ip: str, count: int, tries: int = 50) -> int:
+    """A port p with p .. p+count-1 all free for UDP on ``ip`` right now."""
+    for _ in range(tries):
+        base = random.randrange(20000, 60000 - count)
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((ip, port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError("no free UDP port range found")
 
 
 def shard_of(items: list[Any], shard: int, shards: int) -> list[Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,22 @@ def run_generator(server: Any, tmp_path: Path, *args: str, expect_exit: int | No
         assert done.returncode == expect_exit, done.stdout + done.stderr
     assert out.exists(), done.stdout + done.stderr
     return orjson.loads(out.read_bytes())
+
+
+def settled(server: Any, quiet: float = 0.6, limit: float = 5.0) -> dict[str, int]:
+    """The server's counters once they stop moving: natserver's workers publish theirs
+    on their next loop iteration, a moment after the last packet."""
+    deadline = time.monotonic() + limit
+    last = server.counters()
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = server.counters()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
 
 
 def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
