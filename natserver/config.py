@@ -100,6 +100,13 @@ def _reuseport(value: Any) -> str:
     return text
 
 
+def _latch_mode(value: Any) -> str:
+    text = as_str(value).lower()
+    if text not in ("strict", "rtpproxy"):
+        raise ValueError("expected 'strict' or 'rtpproxy'")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class GlobalParam:
     name: str
@@ -137,6 +144,9 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("rtp_timeout", _range(1, 86400), 60,
                 "seconds without media before a relay session is removed"),
     GlobalParam("rtp_advertise", as_str, "", "IP written into SDP for the relay (default: listen)"),
+    GlobalParam("rtp_latch_mode", _latch_mode, "strict",
+                "relay latching: strict (source IP must match the signalled one, peers lock "
+                "after a learning window: RTP-bleed safe) or rtpproxy (1.x behaviour)"),
     GlobalParam("tm_table_size", _range(64, 1 << 22), 16384, "transactions in shared memory"),
     GlobalParam("ul_table_size", _range(64, 1 << 22), 16384, "location contacts in shared memory"),
     GlobalParam("rtp_table_size", _range(64, 1 << 22), 4096, "RTP relay sessions in shared memory"),
