@@ -9,7 +9,9 @@ A packet arriving on side i's port is forwarded from side 1-i's port to side 1-i
 
 Everything here is pure: the record is a plain dataclass, ``pack``/``unpack`` turn it into
 a fixed-size ``struct`` record (for the shared-memory table, where ``update(key, fn)``
-runs ``unpack -> logic -> pack`` under a lock), and the logic is two tables of
+runs ``unpack -> logic -> pack`` under a lock; the key is the Call-ID - a multimap,
+the streams and forks of a call share it - and within a key a record is told apart by
+``Session.ident``: creator's tag and media index), and the logic is two tables of
 ``(state, event) -> (state, actions)``: :data:`SESSION_TABLE` for control commands and
 :data:`LATCH_TABLES` for a side's address learning. ``now`` is always a parameter.
 
@@ -277,11 +279,6 @@ class Session:
     sides: tuple[Side, Side] = field(default_factory=lambda: (Side(), Side()))
 
     @property
-    def key(self) -> bytes:
-        """The store key: Call-ID (a multimap; streams and forks share it)."""
-        return self.callid
-
-    @property
     def ident(self) -> tuple[bytes, bytes, int]:
         """What tells records of one Call-ID apart: creator's tag and media index."""
         return self.callid, self.tags[0], self.media
@@ -360,14 +357,6 @@ def split_tag(tag: bytes) -> tuple[bytes, int | None]:
     if sep and num.isdigit() and head:
         return head, int(num)
     return tag, None
-
-
-class Match(enum.IntEnum):
-    """Which stored side a command's sender is."""
-
-    NONE = -1
-    SIDE0 = 0
-    SIDE1 = 1
 
 
 def find(sessions: list[Session], media: int, sender_tag: bytes,
