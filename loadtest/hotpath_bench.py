@@ -179,6 +179,7 @@ class Meter:
         self.spent: dict[str, float] = {}
         self.prof = prof
         self.transcript = transcript
+        self.sampler: Sampler | None = None
 
     def feed(self, kind: str, data: bytes, src: tuple[str, int]) -> list[bytes]:
         cpu = time.process_time
@@ -186,7 +187,12 @@ class Meter:
         t = cpu()
         if prof is not None:
             prof.enable()
+        sampler = self.sampler
+        if sampler is not None:
+            sampler.active = True
         out = self.server.feed(data, src)
+        if sampler is not None:
+            sampler.active = False
         if prof is not None:
             prof.disable()
         self.spent[kind] = self.spent.get(kind, 0.0) + cpu() - t
@@ -198,10 +204,71 @@ class Meter:
         t = time.process_time()
         if self.prof is not None:
             self.prof.enable()
+        if self.sampler is not None:
+            self.sampler.active = True
         self.server.timers()
+        if self.sampler is not None:
+            self.sampler.active = False
         if self.prof is not None:
             self.prof.disable()
         self.spent["timers"] = self.spent.get("timers", 0.0) + time.process_time() - t
+
+
+class Sampler:
+    """A statistical profiler: every ``interval`` s of CPU (ITIMER_PROF) the stack of the
+    interrupted frame is counted - per function, inclusive and exclusive - while
+    ``active``. Shares without cProfile's per-call overhead, which inflates call-heavy
+    code several times over."""
+
+    def __init__(self, interval: float = 0.0005) -> None:
+        self.interval = interval
+        self.active = False
+        self.samples = 0
+        self.inclusive: dict[str, int] = {}
+        self.exclusive: dict[str, int] = {}
+
+    def _on_prof(self, signum: int, frame: object) -> None:
+        if not self.active or frame is None:
+            return
+        self.samples += 1
+        seen = set()
+        f = frame
+        first = True
+        while f is not None:
+            code = f.f_code  # type: ignore[attr-defined]
+            name = f"{Path(code.co_filename).name}:{code.co_firstlineno}({code.co_name})"
+            if first:
+                self.exclusive[name] = self.exclusive.get(name, 0) + 1
+                first = False
+            if name not in seen:
+                seen.add(name)
+                self.inclusive[name] = self.inclusive.get(name, 0) + 1
+            f = f.f_back  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Sampler:
+        import signal
+        signal.signal(signal.SIGPROF, self._on_prof)
+        signal.setitimer(signal.ITIMER_PROF, self.interval, self.interval)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+
+    def report(self, top: int) -> str:
+        total = max(1, self.samples)
+        lines = [f"{self.samples} samples; shares of the server's time (receive + timers)",
+                 f"{'incl %':>7} {'excl %':>7}  function"]
+        rows = sorted(self.inclusive.items(), key=lambda kv: -kv[1])
+        for name, n in rows[:top]:
+            lines.append(f"{100 * n / total:7.1f} {100 * self.exclusive.get(name, 0) / total:7.1f}"
+                         f"  {name}")
+        lines.append("exclusive, top:")
+        rows = sorted(self.exclusive.items(), key=lambda kv: -kv[1])
+        for name, n in rows[:top]:
+            lines.append(f"        {100 * n / total:7.1f}  {name}")
+        return "\n".join(lines)
 
 
 def expect(out: list[bytes], *firsts: bytes) -> None:
@@ -368,9 +435,11 @@ SCENARIOS: dict[str, tuple[Callable[[Server, Meter, Uac, int], None], str]] = {
 
 def run(server: Server, uac: Uac, scenario: str, count: int,
         prof: cProfile.Profile | None = None,
-        transcript: list[bytes] | None = None) -> dict[str, float]:
+        transcript: list[bytes] | None = None,
+        sampler: Sampler | None = None) -> dict[str, float]:
     fn = SCENARIOS[scenario][0]
     meter = Meter(server, prof, transcript)
+    meter.sampler = sampler
     for i in range(count):
         fn(server, meter, uac, i)
     if scenario == "call":
@@ -379,7 +448,8 @@ def run(server: Server, uac: Uac, scenario: str, count: int,
 
 
 def measure(scenario: str, count: int, repeat: int, profile: bool, top: int,
-            work: Path, transcript: Path | None = None) -> dict[str, float]:
+            work: Path, transcript: Path | None = None,
+            sample: bool = False) -> dict[str, float]:
     server = Server(work / scenario)
     try:
         uac = Uac(Ids())
@@ -403,6 +473,12 @@ def measure(scenario: str, count: int, repeat: int, profile: bool, top: int,
               f"{total / count * 1e6:.1f} us CPU per operation")
         for kind, t in best.items():
             print(f"  {kind:<14} {t / count * 1e6:8.1f} us")
+        if sample:
+            sampler = Sampler()
+            with sampler:
+                run(server, uac, scenario, count, sampler=sampler)
+            print(f"--- {scenario}: sampled profile (one run) ---")
+            print(sampler.report(top))
         if profile:
             prof = cProfile.Profile()
             run(server, uac, scenario, count, prof)
@@ -496,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=2000, help="operations per run")
     ap.add_argument("--repeat", type=int, default=5, help="runs per figure (best taken)")
     ap.add_argument("--profile", action="store_true", help="add a cProfile breakdown")
+    ap.add_argument("--sample", action="store_true",
+                    help="add a sampled profile (low overhead: shares per function)")
     ap.add_argument("--profile-top", type=int, default=40)
     ap.add_argument("--transcript", type=Path,
                     help="append every datagram the server sent in the first (warm-up) run "
@@ -506,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in args.scenarios.split(","):
             (work / scenario).mkdir()
             measure(scenario, args.count, args.repeat, args.profile, args.profile_top, work,
-                    args.transcript)
+                    args.transcript, args.sample)
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
               f"load average {os.getloadavg()[0]:.2f}")
     finally:
