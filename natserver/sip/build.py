@@ -35,6 +35,7 @@ _CL = Hdr.CONTENT_LENGTH
 _REPLY_COPY = frozenset((Hdr.VIA, Hdr.RECORD_ROUTE, Hdr.FROM, Hdr.TO, Hdr.CALL_ID, Hdr.CSEQ))
 
 Span = tuple[int, int, bytes]
+_BLANK = b" \t\r\n\x0b\x0c"  # what bytes.rstrip() removes
 
 
 def _bytes(value: bytes | str) -> bytes:
@@ -115,38 +116,70 @@ def build_reply(msg: Message, status: int, reason: bytes | str, *, src: tuple[st
     Broken headers are copied as they are, so a 400 can still be answered."""
     buf = msg.buf
     parts = [b"SIP/2.0 %d %s\r\n" % (status, _bytes(reason))]
+    append = parts.append
     top_via_done = False
-    to_done = False
+    to_done = not to_tag
     copy = _REPLY_COPY
+    # Consecutive rows that go out as they came (a line ending in CRLF with no blank
+    # before it: nearly every row) are copied as one slice: From, To, Call-ID and CSeq
+    # usually follow each other.
+    run = -1
+    run_end = -1
     for h, s, _c, e in msg.rows:
         if h not in copy:
+            if run >= 0:
+                append(buf[run:run_end])
+                run = -1
             continue
-        end = s + len(buf[s:e].rstrip())
+        if buf[e - 2] == 13 and buf[e - 3] not in _BLANK:
+            end = e - 2
+        else:  # a bare LF, trailing blanks or a folded value: rstrip as SER does
+            end = s + len(buf[s:e].rstrip())
         if h is _VIA and not top_via_done:
             top_via_done = True
             ops = via_fix(msg, src, force_rport)
-            parts.append(_splice(buf, s, end, ops) if ops else buf[s:end])
-        elif h is _TO and not to_done and to_tag:
+            if ops:
+                if run >= 0:
+                    append(buf[run:run_end])
+                    run = -1
+                append(_splice(buf, s, end, ops))
+                append(CRLF)
+                continue
+        elif h is _TO and not to_done:
             to_done = True
             try:
                 tagless = msg.to.tag is None
             except SipError:
                 tagless = False
-            parts.append(buf[s:end])
             if tagless:
-                parts.append(b";tag=" + _bytes(to_tag))
-        else:
-            parts.append(buf[s:end])
-        parts.append(CRLF)
+                if run >= 0:
+                    append(buf[run:run_end])
+                    run = -1
+                append(buf[s:end])
+                append(b";tag=" + _bytes(to_tag))  # type: ignore[arg-type]
+                append(CRLF)
+                continue
+        if end == e - 2:
+            if run < 0:
+                run = s
+            run_end = e
+            continue
+        if run >= 0:
+            append(buf[run:run_end])
+            run = -1
+        append(buf[s:end])
+        append(CRLF)
+    if run >= 0:
+        append(buf[run:run_end])
     for line in headers:
-        parts.append(_bytes(line).rstrip(b"\r\n"))
-        parts.append(CRLF)
+        append(_bytes(line).rstrip(b"\r\n"))
+        append(CRLF)
     if server:
-        parts.append(b"Server: %s\r\n" % _bytes(server))
+        append(b"Server: %s\r\n" % _bytes(server))
     if content_type:
-        parts.append(b"Content-Type: %s\r\n" % _bytes(content_type))
-    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-    parts.append(body)
+        append(b"Content-Type: %s\r\n" % _bytes(content_type))
+    append(b"Content-Length: %d\r\n\r\n" % len(body))
+    append(body)
     return b"".join(parts)
 
 
@@ -154,11 +187,12 @@ def _fix_content_length(msg: Message, edits: Edits) -> None:
     """Make Content-Length tell the size of the outgoing body (added when missing)."""
     size = msg.body_end - msg.body_start + edits.delta(msg.body_start, msg.body_end)
     # rows a script removed (remove_hf) no longer count
-    fields = [f for f in msg.get_all(_CL) if not edits.covers(f.start, f.end)]
-    if not fields:
+    rows = [r for r in msg.cl_rows if not edits.covers(r[1], r[3])]
+    if not rows:
         edits.insert(msg.headers_end, b"Content-Length: %d\r\n" % size)
     elif size != msg.content_length:
-        for f in fields:
+        for r in rows:
+            f = msg.field(r)
             edits.replace(f.vstart, f.vend, b"%d" % size)
 
 
@@ -187,7 +221,7 @@ def build_forward_reply(msg: Message, edits: Edits | None = None) -> bytes:
     if not vias:
         raise missing(_VIA)
     top = vias[0]
-    row = next(r for r in msg.rows if r[0] is _VIA)
+    row = msg.first_row(_VIA)
     if len(vias) > 1 and vias[1].start < row[3]:
         e.delete(top.start, vias[1].start)
     else:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from natserver.sip.message import Message
 
 Edit = tuple[int, int, bytes]
-# (start, end, data, order): order sorts edits of one span (call order; negative = first)
-_Op = tuple[int, int, bytes, int]
+# (start, end, order, data): order sorts edits of one span (call order; negative = first).
+# In this order the tuples sort as they must be applied, without a key function.
+_Op = tuple[int, int, int, bytes]
 
 
 class Edits:
@@ -38,13 +39,14 @@ class Edits:
         """Make ``buf[start:end]`` read ``data`` in the outgoing copy."""
         if not 0 <= start <= end:
             raise ValueError(f"bad edit span {start}..{end}")
-        for s, e, d, _ in self._ops:
+        for s, e, _, d in self._ops:
             if s == start and e == end and d == data:
                 return
             if s < end and start < e:
                 raise ValueError(f"edit {start}..{end} overlaps edit {s}..{e}")
         n = len(self._ops) + 1
-        self._ops.append((start, end, bytes(data), -n if first else n))
+        self._ops.append((start, end, -n if first else n,
+                          data if type(data) is bytes else bytes(data)))
 
     def insert(self, pos: int, data: bytes, *, first: bool = False) -> None:
         """Insert ``data`` before ``buf[pos]``, after earlier inserts there (before them
@@ -72,7 +74,7 @@ class Edits:
 
     def __iter__(self) -> Iterator[Edit]:
         """The edits in the order they are applied (offset order, then call order)."""
-        return iter([(s, e, d) for s, e, d, _ in sorted(self._ops, key=_key)])
+        return iter([(s, e, d) for s, e, _, d in sorted(self._ops)])
 
     def covers(self, start: int, end: int) -> bool:
         """Is ``buf[start:end]`` inside one edit's span (deleted or replaced as a whole)?"""
@@ -82,7 +84,7 @@ class Edits:
         """How many bytes the edits inside ``[lo, hi]`` add (negative: remove). An edit
         crossing ``lo`` or ``hi`` raises ValueError: it would cut the region in two."""
         total = 0
-        for s, e, d, _ in self._ops:
+        for s, e, _, d in self._ops:
             if lo <= s and e <= hi:
                 total += len(d) - (e - s)
             elif s < lo < e or s < hi < e:
@@ -97,7 +99,7 @@ class Edits:
             return buf[:end] if end < len(buf) else buf
         parts = []
         cur = 0
-        for s, e, d, _ in sorted(self._ops, key=_key):
+        for s, e, _, d in sorted(self._ops):
             if e > end:
                 raise ValueError(f"edit {s}..{e} is beyond the message end {end}")
             parts.append(buf[cur:s])
@@ -109,6 +111,3 @@ class Edits:
     def __repr__(self) -> str:
         return f"Edits({list(self)!r})"
 
-
-def _key(op: _Op) -> tuple[int, int, int]:
-    return op[0], op[1], op[3]

@@ -18,8 +18,8 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from natserver.errors import SipError
 from natserver.sip import digest
@@ -191,24 +191,45 @@ _PARAM_NAMES = {n.encode(): n for n in (
 
 
 # ---- Via ----------------------------------------------------------------------------
-@dataclass(slots=True)
 class Via:
     """One Via value. ``start``/``end`` span it in the buffer (``end`` is also where a new
     parameter such as ``;received=`` goes: ``params_end``); ``rport``/``received`` are
     None when absent and "" when present without a value; ``spans`` locates each
-    parameter's ``;name=value`` text so an edit can replace it."""
+    parameter's ``;name=value`` text so an edit can replace it (found on first use and
+    kept: every local reply to a request with ``rport`` needs them)."""
 
-    transport: str
-    host: str
-    port: int | None
-    params: dict[str, str | None]
-    branch: str | None
-    received: str | None
-    rport: str | None
-    start: int
-    end: int
-    params_start: int
-    buf: bytes = field(repr=False, compare=False)
+    __slots__ = ("transport", "host", "port", "params", "branch", "received", "rport",
+                 "start", "end", "params_start", "buf", "_spans")
+
+    def __init__(self, transport: str, host: str, port: int | None,
+                 params: dict[str, str | None], branch: str | None, received: str | None,
+                 rport: str | None, start: int, end: int, params_start: int,
+                 buf: bytes) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.branch = branch
+        self.received = received
+        self.rport = rport
+        self.start = start
+        self.end = end
+        self.params_start = params_start
+        self.buf = buf
+        self._spans: dict[str, tuple[int, int]] | None = None
+
+    def _key(self) -> tuple:
+        return (self.transport, self.host, self.port, self.params, self.branch, self.received,
+                self.rport, self.start, self.end, self.params_start)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Via) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Via(transport={self.transport!r}, host={self.host!r}, port={self.port!r}, "
+                f"params={self.params!r}, start={self.start}, end={self.end})")
 
     @property
     def params_end(self) -> int:
@@ -220,7 +241,10 @@ class Via:
 
     @property
     def spans(self) -> dict[str, tuple[int, int]]:
-        return param_spans(self.buf, self.params_start, self.end)
+        spans = self._spans
+        if spans is None:
+            spans = self._spans = param_spans(self.buf, self.params_start, self.end)
+        return spans
 
     def sent_by(self) -> tuple[str, int]:
         """The sent-by address with the default port (5060) filled in."""
@@ -395,8 +419,9 @@ class Contacts:
 
 
 # ---- small values ---------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class CSeq:
+class CSeq(NamedTuple):
+    """A tuple: a frozen dataclass costs a setattr call per field for every message."""
+
     num: int
     method: bytes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote_to_bytes
 
 from natserver.errors import SipError
@@ -32,12 +33,15 @@ _TEL = re.compile(
 _VISUAL = re.compile(r"[-.()]")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Uri:
     """A parsed URI. Strings are the bytes as written (decoded latin-1, so
     ``.encode("latin-1")`` gives them back); ``host`` is lower-case, IPv6 without
     brackets, empty for tel. ``params`` maps lower-case names to values (None for a
-    bare ``;lr``). ``host_start``/``hostport_end`` locate host[:port] in ``raw``."""
+    bare ``;lr``). ``host_start``/``hostport_end`` locate host[:port] in ``raw``.
+
+    Shared: :func:`parse_uri` hands out the same object for the same text, so it is
+    frozen and its ``params``/``headers`` dicts must be read, never changed."""
 
     scheme: str
     user: str | None
@@ -103,7 +107,18 @@ def _params(text: bytes) -> dict[str, str | None]:
 
 def parse_uri(data: bytes) -> Uri:
     """Parse a sip:, sips: or tel: URI. ``SipError(416)`` for another scheme,
-    ``SipError(400, "Bad URI")`` for bad syntax."""
+    ``SipError(400, "Bad URI")`` for bad syntax.
+
+    Remembered per text (the last 4096 URIs of this process; a call's URIs come back in
+    every message of its dialog and several cfg tests parse the R-URI again): a repeat
+    costs a dict lookup instead of about 3 us (loadtest/hotpath_bench.py)."""
+    if type(data) is not bytes:  # a bytearray or memoryview cannot be a cache key
+        data = bytes(data)
+    return _parse_uri(data)
+
+
+@lru_cache(maxsize=4096)
+def _parse_uri(data: bytes) -> Uri:
     colon = data.find(b":")
     scheme = data[:colon].lower()
     if scheme not in SCHEMES:
