@@ -81,13 +81,17 @@ class Engine:
 
     def __init__(self, ip: str = "0.0.0.0", policy: LatchPolicy | None = None, *,
                  batch: bool | None = None, rcvbuf: int = 1 << 20, tick: float = 0.5,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_change: Callable[[Session], None] | None = None) -> None:
         self.ip = ip
         self.family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         self.policy = policy or LatchPolicy()
         self.rcvbuf = rcvbuf
         self.tick = tick
         self.clock = clock
+        # called at once when a side latches, moves or locks (counters wait for the tick):
+        # the session table then never holds an address older than the relay's
+        self.on_change = on_change
         self.stats = RelayStats()
         self.errors = 0
         self.batched = 0        # packets moved by recvmmsg/sendmmsg
@@ -342,7 +346,21 @@ class Engine:
         before = (side.state, side.peer_ip, side.peer_port)
         actions = on_packet(side, ip, port, now, self.policy, rtcp)
         b.dirty = True
-        if not actions & SideAction.FORWARD:
+        if actions & SideAction.FORWARD:
+            if actions & SideAction.LATCH:
+                log.info("rtp %s;%d side %d %s latched to %s:%d",
+                         s.callid.decode(errors="replace"), s.media, i,
+                         "RTCP" if rtcp else "RTP", ip, port)
+            side.packets += 1
+            side.bytes += len(data)
+            side.last_packet = now
+            if self._send_on(b, i, rtcp, data):
+                side.relayed += 1
+                stats.packets_relayed += 1
+            else:
+                side.dropped += 1
+                stats.packets_dropped += 1
+        else:
             side.dropped += 1
             stats.packets_dropped += 1
             if not b.warned[i]:
@@ -350,38 +368,29 @@ class Engine:
                 log.warning("rtp %s;%d side %d: dropping packets from %s:%d (peer %s:%d, %s)",
                             s.callid.decode(errors="replace"), s.media, i, ip, port,
                             side.peer_ip or "-", side.peer_port, side.state.name)
-            return
-        if actions & SideAction.LATCH:
-            log.info("rtp %s;%d side %d %s latched to %s:%d", s.callid.decode(errors="replace"),
-                     s.media, i, "RTCP" if rtcp else "RTP", ip, port)
-        side.packets += 1
-        side.bytes += len(data)
-        side.last_packet = now
-        other = s.sides[1 - i]
-        out_port = b.ports[1 - i]
-        try:
-            if rtcp:
-                dst = other.rtcp_peer
-                if dst is not None:
-                    out_port.rtcp.sendto(data, dst)
-            else:
-                dst = other.peer
-                if dst is not None:
-                    if out_port.twin is not None and out_port.twin_peer == dst:
-                        out_port.twin.send(data)
-                    else:
-                        out_port.rtp.sendto(data, dst)
-        except OSError:
-            dst = None
-            self.errors += 1
-        if dst is None:
-            side.dropped += 1
-            stats.packets_dropped += 1
-        else:
-            side.relayed += 1
-            stats.packets_relayed += 1
         if (side.state, side.peer_ip, side.peer_port) != before:
             self._refresh(b)
+            if self.on_change is not None:
+                self.on_change(s)
+
+    def _send_on(self, b: _Binding, i: int, rtcp: bool, data: bytes) -> bool:
+        """Send a packet from side ``i`` on to the other party; False if undeliverable."""
+        other = b.session.sides[1 - i]
+        out = b.ports[1 - i]
+        dst = other.rtcp_peer if rtcp else other.peer
+        if dst is None:
+            return False
+        try:
+            if rtcp:
+                out.rtcp.sendto(data, dst)
+            elif out.twin is not None and out.twin_peer == dst:
+                out.twin.send(data)
+            else:
+                out.rtp.sendto(data, dst)
+        except OSError:
+            self.errors += 1
+            return False
+        return True
 
     def _on_tick(self, now: float) -> None:
         self._next_tick = now + self.tick
@@ -394,6 +403,8 @@ class Engine:
                     s = b.session
                     log.info("rtp %s;%d: peer %s:%d locked", s.callid.decode(errors="replace"),
                              s.media, side.peer_ip, side.peer_port)
+                    if self.on_change is not None:
+                        self.on_change(s)
 
     def _fold(self, b: _Binding, now: float) -> None:
         fw, by = self._fw, self._by

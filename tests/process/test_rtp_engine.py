@@ -347,3 +347,14 @@ def test_ipv6_relay_forwards_both_ways():
         engine.close()
         a.close()
         b.close()
+
+
+def test_on_change_reports_latches_and_locks_at_once(call):
+    relay, a, b, pa, pb = call
+    seen = []
+    relay.engine.on_change = lambda s: seen.append([d.state for d in s.sides])
+    exchange(relay, a, b, pa, pb, 1)
+    assert seen[:2] == [[SideState.LATCHED, SideState.SIGNALLED],
+                        [SideState.LATCHED, SideState.LATCHED]]
+    lock(relay)
+    assert seen[-1] == [SideState.LOCKED, SideState.LOCKED]
