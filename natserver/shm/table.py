@@ -39,6 +39,11 @@ API (``key: bytes``, ``value: bytes`` of ``value_size``; a *handle* is ``(index,
 - ``count() -> int``; ``nbytes``; ``stripes``, ``capacity``, ``record_size``;
   ``check() -> list[str]`` (invariant violations, for tests and ctl); ``stats()``;
   ``close()``.
+- ``allow_shorter_values()`` - from now on this process may also write values shorter
+  than ``value_size``; they are stored with their length and read back as written
+  (every process reads them). A record of a few hundred bytes in a table sized for the
+  largest one (tm: 4096) then costs its own size, not the table's, in the checksum and
+  the copies of every operation.
 
 Errors: ``ValueError`` for a key longer than ``key_size``, a value of the wrong size or
 a handle index out of range; ``natserver.errors.TableFull(name)`` when the key's stripe
@@ -57,9 +62,13 @@ Records never move, so a handle stays valid for the record's whole life (the
 transaction layer keeps handles in timers); ``gen`` grows each time a record slot is
 reused, so a stale handle misses. A record (native byte order, 8-byte aligned)::
 
-    0 state u8 | 4 crc32 u32 | 8 gen u32 | 12 hash u32 | 16 key length u32 | 20 value | key
+    0 state u8 | 1 tail u24 | 4 crc32 u32 | 8 gen u32 | 12 hash u32 | 16 key length u32
+    | 20 value | key
 
-``state`` is EMPTY, WRITING or VALID; ``crc`` covers bytes 8 up to the end of the key.
+``state`` is EMPTY, WRITING or VALID; ``tail`` (little-endian) is how many bytes of the
+value area a shorter value leaves unused (0: the value fills it); ``crc`` covers bytes 8
+up to the end of the value, then the key (a damaged ``tail`` makes it cover other bytes,
+so it fails too).
 A write stores WRITING, then the payload, then the crc, then VALID; a reader takes
 WRITING or a bad crc as "absent" and the record slot as free, so a writer killed
 half-way never shows a torn record. A new record goes to the first free record slot
@@ -120,7 +129,8 @@ _HEADER_SIZE = 128
 _STRIPE_WORDS = 4  # u32 per stripe header: writer pid, record count, free cursor, spare
 _INDEX_FACTOR = 2  # index entries per record
 _REC = struct.Struct("=III")  # gen, hash, key length at record offset 8
-_VALUE = 20  # value offset in a record; the key follows the value
+_HEAD0 = struct.Struct("<I")  # state | tail << 8, the record's first 4 bytes
+_VALUE = 20  # value offset in a record; the key follows the value area
 _MAX_GEN = 0xFFFFFFFF
 
 crc32 = zlib.crc32
@@ -192,8 +202,8 @@ class Table:
 
     __slots__ = (
         "name", "capacity", "stripes", "key_size", "value_size", "record_size",
-        "shm_name", "_locks", "_lock_base", "_m", "_w", "_n", "_isz", "_sh", "_ix", "_off",
-        "_ko", "_probe",
+        "shm_name", "_locks", "_lock_base", "_m", "_w", "_v", "_n", "_isz", "_sh", "_ix",
+        "_off", "_ko", "_probe", "_short",
     )
 
     def __init__(self, m: mmap.mmap, lockset: LockSet, shm_name: str | None) -> None:
@@ -214,6 +224,8 @@ class Table:
         view = memoryview(m)
         self._w = view.cast("I")
         view.release()
+        self._v = memoryview(m)  # checksums read through it: no copy of the record
+        self._short = False
         self._n = capacity // stripes  # records per stripe
         self._isz = self._n * _INDEX_FACTOR  # index entries per stripe
         self._sh = _HEADER_SIZE // 4  # word of stripe 0's header
@@ -266,6 +278,7 @@ class Table:
         """Unmap this process's view; ``unlink`` also removes a named segment."""
         self._probe = ()
         self._w.release()
+        self._v.release()
         self._m.close()
         if unlink and self.shm_name is not None:
             unlink_segment(self.shm_name)
@@ -329,10 +342,38 @@ class Table:
             self._unlock(s)
             raise
 
+    def allow_shorter_values(self) -> None:
+        """Let this process write values shorter than ``value_size`` (module docstring)."""
+        self._short = True
+
     def _check_value(self, value: bytes) -> None:
-        if len(value) != self.value_size:
-            raise ValueError(f"value of {len(value)} bytes, table {self.name} "
+        n = len(value)
+        if n != self.value_size and not (self._short and n < self.value_size):
+            raise ValueError(f"value of {n} bytes, table {self.name} "
                              f"needs {self.value_size}")
+
+    # ---- one record (the caller holds its stripe lock) ------------------------------
+
+    def _crc(self, o: int, kl: int) -> int:
+        """The checksum record ``o`` should carry: bytes 8 to the end of its value, then
+        its key of ``kl`` bytes (read through the memoryview: nothing is copied)."""
+        v = self._v
+        ko = o + self._ko
+        tail = _HEAD0.unpack_from(v, o)[0] >> 8
+        if not tail:
+            return crc32(v[o + 8:ko + kl])
+        return crc32(v[ko:ko + kl], crc32(v[o + 8:ko - tail]))
+
+    def _value(self, o: int) -> bytes:
+        """The value of record ``o`` as it was written."""
+        return self._m[o + _VALUE:o + self._ko - (_HEAD0.unpack_from(self._m, o)[0] >> 8)]
+
+    def _store(self, o: int, value: bytes) -> None:
+        """Write ``value`` and its tail into record ``o`` (which is WRITING)."""
+        m = self._m
+        n = len(value)
+        m[o + _VALUE:o + _VALUE + n] = value
+        m[o + 1:o + 4] = (self.value_size - n).to_bytes(3, "little")
 
     # ---- index and records (the caller holds the stripe lock) -----------------------
 
@@ -356,7 +397,7 @@ class Table:
                 o = off + (r - 1) * rsz
                 ow = o >> 2
                 if w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
-                    if m[o] == _VALID and crc32(m[o + 8:o + ko + kl]) == w[ow + 1]:
+                    if m[o] == _VALID and self._crc(o, kl) == w[ow + 1]:
                         return o, e
                     self._repair(s, f"record {r - 1} is torn")
                     return self._first(s, h, key)  # the rebuilt index has no torn record
@@ -381,7 +422,7 @@ class Table:
                 o = off + (r - 1) * rsz
                 ow = o >> 2
                 if w[ow + 4] == kl and m[o + ko:o + ko + kl] == key:
-                    if m[o] != _VALID or crc32(m[o + 8:o + ko + kl]) != w[ow + 1]:
+                    if m[o] != _VALID or self._crc(o, kl) != w[ow + 1]:
                         self._repair(s, f"record {r - 1} is torn")
                         return self._matches(s, h, key)
                     found.append(o)
@@ -471,9 +512,9 @@ class Table:
         w[hdr] = self._locks.pid
         m[o] = _WRITING
         _REC.pack_into(m, o + 8, gen, h, len(key))
-        m[o + _VALUE:ko] = value
+        self._store(o, value)
         m[ko:ko + len(key)] = key
-        w[ow + 1] = crc32(m[o + 8:ko + len(key)])
+        w[ow + 1] = self._crc(o, len(key))
         m[o] = _VALID
         self._append(s, h, e, r)
         w[hdr + 1] += 1
@@ -490,8 +531,8 @@ class Table:
         hdr = self._sh + s * _STRIPE_WORDS
         w[hdr] = self._locks.pid
         m[o] = _WRITING
-        m[o + _VALUE:ko] = value
-        w[ow + 1] = crc32(m[o + 8:ko + w[ow + 4]])
+        self._store(o, value)
+        w[ow + 1] = self._crc(o, w[ow + 4])
         m[o] = _VALID
         w[hdr] = 0
 
@@ -510,8 +551,7 @@ class Table:
         w = self._w
         ow = o >> 2
         kl = w[ow + 4]
-        return kl <= self.key_size and \
-            crc32(self._m[o + 8:o + self._ko + kl]) == w[ow + 1]
+        return kl <= self.key_size and self._crc(o, kl) == w[ow + 1]
 
     def _repair(self, s: int, why: str) -> None:
         """Make stripe ``s`` consistent again after a writer died inside it (its pid is
@@ -555,7 +595,7 @@ class Table:
         if not self._intact(o):
             self._repair(s, f"record {(o - self._off) // self.record_size} is torn")
             return None
-        return self._m[o + _VALUE:o + self._ko]
+        return self._value(o)
 
     def _handle(self, o: int) -> tuple[int, int]:
         return (o - self._off) // self.record_size, self._w[(o >> 2) + 2]
@@ -569,24 +609,40 @@ class Table:
 
     # ---- key operations -------------------------------------------------------------
 
+    def _empty_stripe(self, key: bytes) -> bool:
+        """Is the stripe of ``key`` empty (read without the lock)? A lookup that finds it
+        empty is a miss at once: the answer it would get just before a concurrent insert,
+        without two lock system calls (the aliases table is looked up on every INVITE
+        and is usually empty). A stripe a writer died in is never taken as empty."""
+        if len(key) > self.key_size or self._locks.held >= 0:
+            return False  # _lock_key raises
+        base = self._sh + crc32(key) % self.stripes * _STRIPE_WORDS
+        w = self._w
+        return not w[base + 1] and not w[base]
+
     def get(self, key: bytes) -> bytes | None:
+        if self._empty_stripe(key):
+            return None
         h, s = self._lock_key(key)
         try:
             o = self._first(s, h, key)[0]
-            return None if o < 0 else self._m[o + _VALUE:o + self._ko]
+            return None if o < 0 else self._value(o)
         finally:
             self._unlock(s)
 
     def get_all(self, key: bytes) -> list[bytes]:
+        if self._empty_stripe(key):
+            return []
         h, s = self._lock_key(key)
         try:
-            m = self._m
-            ko = self._ko
-            return [m[o + _VALUE:o + ko] for o in self._matches(s, h, key)]
+            value = self._value
+            return [value(o) for o in self._matches(s, h, key)]
         finally:
             self._unlock(s)
 
     def find(self, key: bytes) -> tuple[int, int] | None:
+        if self._empty_stripe(key):
+            return None
         h, s = self._lock_key(key)
         try:
             o = self._first(s, h, key)[0]
@@ -628,11 +684,9 @@ class Table:
     def delete_if(self, key: bytes, pred: Callable[[bytes], bool]) -> int:
         h, s = self._lock_key(key)
         try:
-            m = self._m
-            ko = self._ko
             done = 0
             for o in self._matches(s, h, key):
-                if pred(m[o + _VALUE:o + ko]):
+                if pred(self._value(o)):
                     self._remove(s, o)
                     done += 1
             return done
@@ -644,7 +698,7 @@ class Table:
         try:
             o, e = self._first(s, h, key)
             if o >= 0:
-                old = self._m[o + _VALUE:o + self._ko]
+                old = self._value(o)
                 new = fn(old)
                 if new is None:
                     self._remove(s, o)
@@ -663,11 +717,9 @@ class Table:
     def update_all(self, key: bytes, fn: Callable[[bytes], bytes | None]) -> list[bytes]:
         h, s = self._lock_key(key)
         try:
-            m = self._m
-            ko = self._ko
             kept: list[bytes] = []
             for o in self._matches(s, h, key):
-                old = m[o + _VALUE:o + ko]
+                old = self._value(o)
                 new = fn(old)
                 if new is None:
                     self._remove(s, o)
@@ -744,9 +796,12 @@ class Table:
                         continue
                     ow = o >> 2
                     kl = w[ow + 4]
-                    if kl > ks or crc32(chunk[o + 8:o + ko + kl]) != w[ow + 1]:
+                    if kl > ks:
                         continue
-                    found.append(Entry(chunk[o + ko:o + ko + kl], chunk[o + _VALUE:o + ko],
+                    ve = o + ko - (_HEAD0.unpack_from(chunk, o)[0] >> 8)  # value end
+                    if crc32(view[o + ko:o + ko + kl], crc32(view[o + 8:ve])) != w[ow + 1]:
+                        continue
+                    found.append(Entry(chunk[o + ko:o + ko + kl], chunk[o + _VALUE:ve],
                                        s * n + i, w[ow + 2]))
             del chunk
             for entry in found:
