@@ -51,6 +51,7 @@ _MIN_EXPIRES = Hdr.MIN_EXPIRES
 _OTHER = Hdr.OTHER
 _CTYPE = Hdr.CONTENT_TYPE
 _FOLD = (32, 9)  # a line starting with SP or HT continues the one before
+_BLANK = b" \t\r\n\x0b\x0c"  # what bytes.strip() removes
 
 Row = tuple[int, int, int, int]  # (hdr, line start, colon, line end incl. terminator)
 T = TypeVar("T")
@@ -86,13 +87,22 @@ class HeaderField:
     def __init__(self, buf: bytes, hdr: Hdr, start: int, colon: int, end: int) -> None:
         self._buf = buf
         self.hdr = hdr
-        self.name = buf[start:colon].rstrip(b" \t")
+        self.name = buf[start:colon] if buf[colon - 1] not in b" \t" else \
+            buf[start:colon].rstrip(b" \t")
         self.start = start
         self.end = end
-        raw = buf[colon + 1:end]
-        lead = raw.lstrip()
-        self.vstart = colon + 1 + len(raw) - len(lead)
-        self.vend = self.vstart + len(lead.rstrip())
+        # "Name: value<CRLF>" by index, without copying the line; blanks to trim at either
+        # end (or an empty value) take the strips
+        v = colon + 2 if buf[colon + 1] == 32 else colon + 1
+        e = end - 2 if buf[end - 2] == 13 else end - 1
+        if v < e and buf[v] not in _BLANK and buf[e - 1] not in _BLANK:
+            self.vstart = v
+            self.vend = e
+        else:
+            raw = buf[colon + 1:end]
+            lead = raw.lstrip()
+            self.vstart = colon + 1 + len(raw) - len(lead)
+            self.vend = self.vstart + len(lead.rstrip())
 
     @property
     def value(self) -> bytes:
@@ -204,24 +214,33 @@ class Message:
         return parse_value(self.buf, field.vstart, field.vend, field.hdr)
 
     # ---- parsed views -------------------------------------------------------------------
+    def _top_via_row(self) -> list[Via]:
+        """The values of the first Via row, parsed once for ``via1`` and ``vias``."""
+        top = self.__dict__.get("_top_vias")
+        if top is None:
+            row = self._first.get(_VIA)
+            if row is None:
+                raise missing(_VIA)
+            top = self.__dict__["_top_vias"] = parse_vias(self.buf, row[2] + 1, row[3])
+        return top
+
     @cached_property
     def vias(self) -> list[Via]:
         """Every Via value of every Via row, top first."""
-        out: list[Via] = []
-        for s, e in self._spans(_VIA):
-            out += parse_vias(self.buf, s, e)
+        first = self._first.get(_VIA)
+        if first is None:
+            return []
+        out = list(self._top_via_row())
+        buf = self.buf
+        for h, s, c, e in self.rows:
+            if h is _VIA and s != first[1]:
+                out += parse_vias(buf, c + 1, e)
         return out
 
     @cached_property
     def via1(self) -> Via:
         """The top Via (only the first row is parsed)."""
-        vias = self.__dict__.get("vias")
-        if vias:
-            return vias[0]
-        row = self._first.get(_VIA)
-        if row is None:
-            raise missing(_VIA)
-        return parse_vias(self.buf, row[2] + 1, row[3])[0]
+        return self._top_via_row()[0]
 
     @cached_property
     def from_(self) -> NameAddr:
