@@ -13,14 +13,13 @@ the session every namespace this process created is swept; before its first netw
 process sweeps those of dead test processes (a SIGKILLed run cannot clean up).
 
 Server kinds: `SERVER_KINDS` maps a name to (factory, problem-check). "reference" is
-kamailio + rtpengine. natserver's implementation goes where marked below.
+kamailio + rtpengine; "natserver" is tests/helpers/natserver_sut.py (conf/natserver.cfg).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from tests.helpers import netns
 from tests.helpers.baresip import Baresip, UaConfig, baresip_problem
 from tests.helpers.netns import Host, NatMode, RouterSpec, Topology, wait_until
 from tests.helpers.pjua import PjUa, pjsua2_problem
+from tests.helpers.natserver_sut import NatServer, natserver_problem, strip_rtp_proxy
 from tests.helpers.refserver import (RefServer, RelaySession, ServerUnderTest,
                                      reference_problem)
 from tests.helpers.tonecheck import dominant_tone
@@ -49,31 +49,12 @@ TONES = (440, 840, 1240, 1640, 2040, 2440, 2840, 3240)
 ServerFactory = Callable[[Path], ServerUnderTest]
 
 
-def natserver_problem() -> str | None:
-    """Why natserver cannot serve the NAT scenarios yet, or None."""
-    try:
-        importlib.import_module("natserver.workers.supervisor")
-    except ImportError as e:
-        return f"natserver cannot run: natserver.workers.supervisor: {e}"
-    for mod in ("tm", "rr", "usrloc", "registrar", "auth_db", "nathelper"):
-        if importlib.util.find_spec(f"natserver.modules.{mod}") is None:
-            return f"natserver cannot run the seed cfg yet: natserver.modules.{mod} is missing"
-    return None
-
-
 SERVER_KINDS: dict[str, tuple[ServerFactory, Callable[[], str | None]]] = {
     "reference": (lambda workdir: RefServer(workdir), reference_problem),
-    # ---- natserver goes here -------------------------------------------------------
-    # "natserver": (lambda workdir: NatServer(workdir), natserver_problem),
-    # NatServer (tests/helpers/, lead) implements refserver.ServerUnderTest:
-    #   start(topo, host, natping_interval): cfg derived from conf/natserver.cfg with
-    #     listen=<host.ip> and the natping_interval modparam, run as
-    #     topo.spawn(host, [sys.executable, "-m", "natserver", "-f", cfg, "-E"]), then
-    #     refserver.wait_sip_ready(topo, host, host.ip, proc=...)
-    #   provision(user, pw):  natserverctl add <user> <pw>
-    #   registrations():      natserverctl ul show --json  -> [Registration]
-    #   relay_sessions():     natserverctl rtp --json      -> [RelaySession]
-    #   natserver_problem():  a reason when natserver.workers.supervisor cannot import
+    "natserver": (lambda workdir: NatServer(workdir), natserver_problem),
+    # negative control: the seed cfg with every force_rtp_proxy/unforce_rtp_proxy removed
+    "natserver-norelay": (lambda workdir: NatServer(workdir, cfg_filter=strip_rtp_proxy),
+                          natserver_problem),
 }
 
 

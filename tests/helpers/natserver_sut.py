@@ -1,0 +1,245 @@
+"""natserver as the NAT tests' server under test (refserver.ServerUnderTest).
+
+It runs the operator's configuration, conf/natserver.cfg (the seed's routing logic),
+with only the values an operator changes rendered in: ``listen``, the database URLs
+(an SQLite file in the test's directory), the FIFO, the relay's socket and a small RTP
+port range, ``natping_interval`` from the scenario, and short tm timers so that an
+INVITE to an unreachable contact ends in 408 within a test's wait. Subscribers are
+provisioned and state is read with the real ``natserverctl``, as an operator would.
+
+Negative controls build the same server from a cfg with one thing taken away
+(``strip_rtp_proxy``: every ``force_rtp_proxy``/``unforce_rtp_proxy`` call removed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from tests.helpers.netns import Host, Topology
+from tests.helpers.refserver import Registration, RelaySession, wait_sip_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED_CFG = ROOT / "conf" / "natserver.cfg"
+RELAY_PORTS = (30000, 30399)
+# tm timers (seconds): the keepalive-off scenario waits for the 408 of an INVITE whose
+# callee's NAT mapping is gone; SER's 30 s / 120 s defaults would outlast the test
+FR_TIMER = 3
+FR_INV_TIMER = 20
+
+_RTP_CALL = re.compile(r"\b(?:un)?force_rtp_proxy\s*\([^)]*\)\s*;?")
+
+
+def natserver_problem() -> str | None:
+    """Why natserver cannot serve the NAT scenarios here, or None."""
+    import importlib
+    import importlib.util
+    try:
+        importlib.import_module("natserver.workers.supervisor")
+    except ImportError as e:
+        return f"natserver cannot run: natserver.workers.supervisor: {e}"
+    for mod in ("tm", "rr", "usrloc", "registrar", "auth_db", "nathelper"):
+        if importlib.util.find_spec(f"natserver.modules.{mod}") is None:
+            return f"natserver cannot run the seed cfg yet: natserver.modules.{mod} is missing"
+    if not SEED_CFG.exists():
+        return f"{SEED_CFG} is missing"
+    return None
+
+
+def strip_rtp_proxy(text: str) -> str:
+    """The cfg with every force_rtp_proxy/unforce_rtp_proxy call removed: signalling
+    unchanged, SDP no longer rewritten to the relay (the 'no relay' negative control).
+    An emptied block stays valid (`{ }` and `if (...) { };` compile)."""
+    out = _RTP_CALL.sub("", text)
+    assert "rtp_proxy(" not in out
+    return out
+
+
+def render_cfg(seed: str, *, listen: str, db_url: str, fifo: str, rtpproxy_sock: str,
+               natping_interval: int, rtp_ports: tuple[int, int] = RELAY_PORTS,
+               fr_timer: int = FR_TIMER, fr_inv_timer: int = FR_INV_TIMER) -> str:
+    """conf/natserver.cfg with the operator's values for this test server."""
+    subs: list[tuple[str, str]] = [
+        (r"(?m)^listen=\S+", f"listen={listen}"),
+        (r'(?m)^fifo=".*?"', f'fifo="{fifo}"'),
+        (r'(?m)^fifo_db_url=".*?"', f'fifo_db_url="{db_url}"'),
+        (r"(?m)^rtp_port_min=\d+", f"rtp_port_min={rtp_ports[0]}"),
+        (r"(?m)^rtp_port_max=\d+", f"rtp_port_max={rtp_ports[1]}"),
+        (r'(?m)^(modparam\("[^"]*", "db_url", )"[^"]*"\)', rf'\1"{db_url}")'),
+        (r'(?m)^modparam\("nathelper", "natping_interval", \d+\)',
+         f'modparam("nathelper", "natping_interval", {int(natping_interval)})'),
+        (r'(?m)^modparam\("nathelper", "rtpproxy_sock", "[^"]*"\)',
+         f'modparam("nathelper", "rtpproxy_sock", "{rtpproxy_sock}")'),
+    ]
+    text = seed
+    for pattern, repl in subs:
+        text, n = re.subn(pattern, repl, text)
+        assert n >= 1, f"conf/natserver.cfg has no line matching {pattern!r}"
+    # the seed leaves tm at SER's defaults; the tests' waits need shorter ones
+    tm = (f'modparam("tm", "fr_timer", {fr_timer})\n'
+          f'modparam("tm", "fr_inv_timer", {fr_inv_timer})\n')
+    text, n = re.subn(r'(?m)^(modparam\("usrloc", "db_mode", \d+\)\n)', r"\1" + tm, text)
+    assert n == 1, "conf/natserver.cfg has no usrloc db_mode modparam to anchor tm's"
+    return text
+
+
+@dataclass(slots=True)
+class NatServer:
+    """natserver (supervisor, SIP workers, natping, ctl, RTP relay) in the server ns."""
+
+    workdir: Path
+    cfg_filter: object = None  # callable(str) -> str applied to the seed cfg (controls)
+    fr_inv_timer: int = FR_INV_TIMER
+    name: str = "natserver"
+    topo: Topology | None = None
+    host: Host | None = None
+    proc: subprocess.Popen | None = None
+    rundir: Path | None = None
+    cfg_path: Path | None = None
+    logs: list[IO[bytes]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Unix socket paths are limited to 108 bytes; pytest's tmp_path can be longer
+        self.rundir = Path(tempfile.mkdtemp(prefix="ntns-"))
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.workdir / 'natserver.db'}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "natserver.log"
+
+    def _write_cfg(self, natping_interval: int, listen: str) -> Path:
+        assert self.rundir is not None
+        seed = SEED_CFG.read_text()
+        if self.cfg_filter is not None:
+            seed = self.cfg_filter(seed)  # type: ignore[operator]
+        text = render_cfg(seed, listen=listen, db_url=self.db_url,
+                          fifo=str(self.rundir / "fifo"),
+                          rtpproxy_sock=f"unix:{self.rundir / 'rtpproxy.sock'}",
+                          natping_interval=natping_interval, fr_inv_timer=self.fr_inv_timer)
+        path = self.workdir / "natserver.cfg"
+        path.write_text(text)
+        self.cfg_path = path
+        return path
+
+    def ctl(self, *args: str, json_out: bool = False, check: bool = True,
+            timeout: float = 15.0) -> subprocess.CompletedProcess:
+        """Run natserverctl against this server's cfg (in the server ns when running:
+        the ctl socket is a Unix socket, reachable from anywhere, but an operator runs
+        it on the server host)."""
+        assert self.cfg_path is not None
+        argv = [sys.executable, "-m", "natserver.ctlcli", "-f", str(self.cfg_path)]
+        if json_out:
+            argv.append("--json")
+        argv += list(args)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           cwd=str(ROOT), env=_env())
+        if check and r.returncode != 0:
+            raise RuntimeError(f"natserverctl {' '.join(args)}: rc={r.returncode} "
+                               f"{r.stdout.strip()} {r.stderr.strip()}")
+        return r
+
+    # ---- ServerUnderTest
+    def start(self, topo: Topology, host: Host, *, natping_interval: int = 0) -> None:
+        self.topo, self.host = topo, host
+        cfg = self._write_cfg(natping_interval, host.ip)
+        check = subprocess.run([sys.executable, "-m", "natserver", "-c", "-f", str(cfg)],
+                               capture_output=True, text=True, cwd=str(ROOT), env=_env(),
+                               timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"natserver -c rejected the cfg: {check.stderr.strip()}")
+        self.ctl("db", "init")
+        f = open(self.log_path, "wb")
+        self.logs.append(f)
+        self.proc = topo.spawn(host, [sys.executable, "-m", "natserver", "-f", str(cfg),
+                                      "-D", "-E"],
+                               stdout=f, env=_env(), cwd=str(self.workdir))
+        wait_sip_ready(topo, host, host.ip, timeout=15.0, proc=self.proc)
+
+    def provision(self, user: str, password: str) -> None:
+        assert self.host is not None
+        self.ctl("add", f"{user}@{self.host.ip}", password)
+
+    def registrations(self) -> list[Registration]:
+        rows = json.loads(self.ctl("ul", "show", json_out=True).stdout or "[]")
+        out = []
+        for row in rows:
+            exp = row.get("expires")
+            out.append(Registration(
+                aor=str(row.get("aor", "")).partition("@")[0],
+                contact=str(row.get("contact", "")),
+                received=row.get("received") or None,
+                expires=exp if isinstance(exp, int) else 0))
+        return out
+
+    def relay_sessions(self) -> list[RelaySession]:
+        r = self.ctl("rtp", json_out=True, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"natserverctl rtp: rc={r.returncode} {r.stdout.strip()} "
+                               f"{r.stderr.strip()}")
+        return parse_rtp_sessions(json.loads(r.stdout or "[]"))
+
+    def log_text(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- natserver.log ({self.log_path})\n{text}"
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is not None and p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=3.0)
+        for f in self.logs:
+            f.close()
+        self.logs.clear()
+        if self.rundir is not None:
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            self.rundir = None
+
+
+def parse_rtp_sessions(data: object) -> list[RelaySession]:
+    """`natserverctl rtp --json` -> RelaySession rows. Accepts a list of sessions or
+    {"sessions": [...]}; each session has a call id, and per leg (or per stream) its
+    relay port, packet count and learned peer address."""
+    rows = data.get("sessions", []) if isinstance(data, dict) else data
+    out = []
+    for s in rows or []:
+        if not isinstance(s, dict):
+            continue
+        legs = s.get("legs") or s.get("streams") or []
+        ports, peers, packets = [], [], 0
+        for leg in legs:
+            port = leg.get("port") or leg.get("local_port") or leg.get("relay_port")
+            if port:
+                ports.append(int(port))
+            peer = leg.get("peer") or leg.get("remote") or leg.get("latched")
+            if isinstance(peer, (list, tuple)) and len(peer) == 2:
+                peer = f"{peer[0]}:{peer[1]}"
+            if peer:
+                peers.append(str(peer))
+            packets += int(leg.get("packets") or leg.get("rx_packets") or 0)
+        if not legs:
+            ports = [int(p) for p in s.get("ports", [])]
+            peers = [str(p) for p in s.get("peers", [])]
+            packets = int(s.get("packets", 0))
+        out.append(RelaySession(call_id=str(s.get("call_id") or s.get("callid") or ""),
+                                ports=tuple(ports), packets=packets, peers=tuple(peers)))
+    return out
+
+
+def _env() -> dict[str, str]:
+    import os
+    return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
