@@ -348,6 +348,10 @@ def run_pair(netns: str, all_servers: dict[str, Server], plan: Plan, figures: di
         cpu = figures.setdefault(f"cpu {scenario}", Figure(
             f"server CPU-s per 1,000 {'registrations' if scenario == 'register' else 'calls'}",
             "s", p99.command, higher_is_better=False))
+        # the generator's own cost, against SIPp's ~50 us per registration, ~150 per call
+        gen = figures.setdefault(f"generator {scenario}", Figure(
+            f"generator CPU us per {'registration' if scenario == 'register' else 'call'} "
+            "(both sides)", "us", p99.command, higher_is_better=False))
         for name, srv in servers.items():
             c0 = srv.cpu_seconds()
             doc = generator(netns, srv, scenario, *fixed)
@@ -356,6 +360,7 @@ def run_pair(netns: str, all_servers: dict[str, Server], plan: Plan, figures: di
             ok = doc["summary"]["ok"]
             if ok:
                 cpu.add(name, used / ok * 1000)
+                gen.add(name, doc["summary"]["generator_cpu_us_per_unit"])
     args = ["-r", "2000", "-d", str(plan.duration)]
     opt = figures.setdefault("cpu options", Figure(
         "server CPU-s per 1,000 stateless OPTIONS", "s",
