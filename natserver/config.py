@@ -156,6 +156,11 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("pid_file", as_str, "", "pidfile written by the daemon (-P overrides)"),
     GlobalParam("syslog_socket", as_str, "/dev/log", "the syslog socket (tests point it elsewhere)"),
     GlobalParam("ctl_socket", as_str, "", "unix socket path for natserverctl besides the FIFO"),
+    GlobalParam("load_shed", _range(0, 60000), 200,
+                "ms a request may wait in the SIP socket queue before new requests are "
+                "answered 503 with Retry-After (0: never shed)"),
+    GlobalParam("load_shed_retry_after", _range(1, 3600), 5,
+                "Retry-After seconds in the 503 of a shed request"),
     GlobalParam("heartbeat_timeout", _range(1, 3600), 30,
                 "seconds a child may go without a heartbeat before it is killed and respawned"),
 )

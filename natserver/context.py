@@ -19,6 +19,7 @@ from natserver.errors import SipError
 
 if TYPE_CHECKING:
     from natserver.modules import Module
+    from natserver.overload import Shedder
     from natserver.script import Script
     from natserver.sip.message import Message
 
@@ -75,6 +76,7 @@ class Context:
         self.clock: Callable[[], float] = time.time
         self.mono: Callable[[], float] = time.monotonic
         self.secret = b""                        # random bytes shared by all processes
+        self.shedder: Shedder | None = None      # SIP workers: load shedding (overload.py)
         # Modules whose receive-path hooks are overridden, in load order (see set_modules).
         self.request_hooks: list[Module] = []
         self.reply_hooks: list[Module] = []

@@ -68,6 +68,13 @@ def _request(ctx: Context, msg: Message, src: tuple[str, int], local: tuple[str,
     for mod in ctx.request_hooks:
         if mod.on_request(m):
             return
+    shedder = ctx.shedder
+    if shedder is not None and shedder.shedding and shedder.sheds(msg):
+        shedder.shed += 1
+        if ctx.stats is not None:
+            ctx.stats.shed += 1
+        _answer(ctx, msg, src, 503, "Service Unavailable", headers=shedder.headers())
+        return
     try:
         ctx.script.run_request(m)
     except TableFull as exc:
@@ -91,13 +98,14 @@ def _reply(ctx: Context, msg: Message, src: tuple[str, int], local: tuple[str, i
 
 
 def _answer(ctx: Context, msg: Message, src: tuple[str, int], status: int, reason: str,
-            *, force_rport: bool = False) -> None:
+            *, force_rport: bool = False, headers: tuple[bytes, ...] = ()) -> None:
     """A stateless error reply, if the message carries enough to route one."""
     if not msg.is_request or msg.method == b"ACK":
         return
     try:
         data = build_reply(msg, status, reason, src=src, to_tag=ctx.sl_tag(msg),
-                           force_rport=force_rport, server=ctx.server_header)
+                           force_rport=force_rport, headers=headers,
+                           server=ctx.server_header)
         addr = reply_address(msg, src, force_rport)
     except SipError as exc:
         log.info("cannot answer %d to %s:%s: %s", status, src[0], src[1], exc)

@@ -14,6 +14,7 @@ COUNTERS: tuple[tuple[str, str], ...] = (
     ("keepalives", "datagrams shorter than 32 bytes (keepalives) ignored"),
     ("bad_messages", "messages refused as malformed"),
     ("errors", "internal errors while processing a message"),
+    ("shed", "new requests answered 503 while shedding load (load_shed)"),
     ("sent", "datagrams sent"),
     ("send_errors", "datagrams that could not be sent"),
     ("sl_replies", "stateless replies sent"),

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from natserver.context import Context
+from natserver.overload import Shedder, enable_timestamps, recv_stamped
 from natserver.receive import UDP_MAX, receive
 
 log = logging.getLogger("natserver.sip")
@@ -22,6 +23,9 @@ log = logging.getLogger("natserver.sip")
 # How long a worker sleeps in recvfrom when no timer is due: short enough to notice a
 # stop request and to keep the heartbeat fresh.
 IDLE_WAIT = 0.5
+# How often a busy worker reads a datagram's queueing delay for load shedding: a
+# client's T1 is 500 ms, so a few milliseconds of lag in noticing a backlog is nothing.
+SHED_CHECK = 0.005
 
 
 class SocketTransport:
@@ -75,10 +79,28 @@ def serve(ctx: Context, sock: socket.socket, stopping: Callable[[], bool],
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     wait = IDLE_WAIT
+    shedder = None
+    if ctx.cfg.load_shed and enable_timestamps(sock):
+        shedder = ctx.shedder = Shedder(ctx.cfg.load_shed, ctx.cfg.load_shed_retry_after)
+    check_due = shed_logged = 0.0
     while not stopping():
         try:
-            data, src = recvfrom(UDP_MAX)
+            if shedder is not None and time.time() >= check_due:
+                data, src, arrived = recv_stamped(sock, UDP_MAX)
+                now = time.time()
+                check_due = now + SHED_CHECK
+                if arrived is not None and shedder.observe(now - arrived) and \
+                        now - shed_logged > 10.0:
+                    shed_logged = now  # once per burst, not on every flip
+                    log.warning("a request waited %.0f ms in the queue: shedding new "
+                                "requests (503) until the queue is fast again",
+                                (now - arrived) * 1000)
+            else:
+                data, src = recvfrom(UDP_MAX)
+                now = time.time()
         except BlockingIOError:
+            if shedder is not None:
+                shedder.observe(0.0)  # the queue is empty: stop shedding
             poller.poll(wait * 1000.0)
             wait = _tick(tick)
             continue
@@ -89,7 +111,7 @@ def serve(ctx: Context, sock: socket.socket, stopping: Callable[[], bool],
             if exc.errno not in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
                 log.warning("recvfrom failed: %s", exc)
             continue
-        receive(ctx, data, src[:2], local, time.time())
+        receive(ctx, data, src[:2], local, now)
         wait = _tick(tick)
 
 
