@@ -57,6 +57,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from natserver.daemon import pid_alive
 from natserver.db import Database, DbUnavailable, open_db
 from natserver.db.schema import create_schema
 from natserver.errors import DbError
@@ -777,12 +778,8 @@ def _wait_for_sip_workers(ctx: Context) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     # A worker that exited but is not reaped yet is a zombie: as good as gone.
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:

@@ -314,14 +314,7 @@ class Table:
                              f"(table {self.name})")
         h = crc32(key)
         s = h % self.stripes
-        locks = self._locks
-        if locks.held >= 0:
-            self._nested()
-        i = self._lock_base + s
-        lockf(locks.fd, LOCK_EX, 1, i)
-        locks.held = i
-        if self._w[self._sh + s * _STRIPE_WORDS]:
-            self._repair_dead(s)
+        self._lock(s)
         return h, s
 
     def _unlock(self, s: int) -> None:
