@@ -182,6 +182,11 @@ class NatServer:
                 expires=exp if isinstance(exp, int) else 0))
         return out
 
+    def has_relay(self) -> bool:
+        """Whether the running server answers `rtp` (its relay is built in)."""
+        r = self.ctl("which", json_out=True, check=False)
+        return r.returncode == 0 and '"rtp"' in r.stdout
+
     def relay_sessions(self) -> list[RelaySession]:
         r = self.ctl("rtp", json_out=True, check=False)
         if r.returncode != 0:

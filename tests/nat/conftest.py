@@ -52,7 +52,9 @@ ServerFactory = Callable[[Path], ServerUnderTest]
 SERVER_KINDS: dict[str, tuple[ServerFactory, Callable[[], str | None]]] = {
     "reference": (lambda workdir: RefServer(workdir), reference_problem),
     "natserver": (lambda workdir: NatServer(workdir), natserver_problem),
-    # negative control: the seed cfg with every force_rtp_proxy/unforce_rtp_proxy removed
+    # negative controls (`<kind>-norelay`): the same server without its media relay;
+    # for natserver the seed cfg with every force_rtp_proxy/unforce_rtp_proxy removed
+    "reference-norelay": (lambda workdir: RefServer(workdir, relay=False), reference_problem),
     "natserver-norelay": (lambda workdir: NatServer(workdir, cfg_filter=strip_rtp_proxy),
                           natserver_problem),
 }
