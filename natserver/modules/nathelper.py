@@ -9,10 +9,39 @@ Three parts, each in its own section below:
    contact of the location table - only the NAT-marked ones with ``ping_nated_only=1``
    - gets 4 zero bytes (or a SIP OPTIONS with ``sipping_flag``) from the SIP socket
    bound to listen:port, sent to its ``received`` address, else its Contact URI.
-3. **RTP proxy**: the ``rtpproxy_*`` modparams are accepted now and
-   ``force_rtp_proxy``/``unforce_rtp_proxy`` are placeholders returning -1 (SER with
-   rtpproxy disabled), so the seed cfg compiles; the relay wiring
-   (natserver/rtp/client.py) replaces them in that section.
+3. **RTP proxy**: ``force_rtp_proxy([flags[, ip]])`` and ``unforce_rtp_proxy()``
+   speak the rtpproxy protocol (natserver/rtp/client.py) to the relays in
+   ``rtpproxy_sock`` - natserver's own relay processes serve its first entry, a real
+   rtpproxy or rtpengine's rtpproxy-compatible port can take their place. One client
+   per process, made on first use after the fork.
+
+force_rtp_proxy (functions.md, rtpproxy-protocol.md §4):
+
+- an INVITE sends ``U`` (creates), a reply ``L`` (completes; L's "0" = unknown call
+  gives -1); flag ``l`` sends ``L`` with the tags swapped from a request (re-INVITE:
+  updates the sender, never creates). Other requests (ACK included: the seed never
+  asks, and SER refused them) give -1;
+- the address sent is the SIP source IP, or the stream's SDP ``c=`` with ``r``/``a``;
+  the port is the ``m=`` port; modifiers ``A`` (a), ``S`` (w), ``I``/``E`` (i/e) and
+  ``6`` for an IPv6 address;
+- one command per ``m=`` line with a non-zero port, tags ``tag;N`` when the SDP has
+  several streams and the relay answered ``VF 20050322`` with 1; a relay without it
+  gets only the first stream (SER 0.9); a single stream is sent without ``;N``;
+- the SDP is rewritten through the message's Edits (natserver/sip/sdp.py): every
+  ``c=`` of a relayed stream and the session ``c=`` get the reply's IP, else the 2nd
+  argument, else the local IP the message arrived on - except a null ``c=`` (hold),
+  which stays null; each ``m=`` port and ``a=rtcp:`` (port + 1) follow the relay;
+  ``o=`` only with ``o``; ``a=nortpproxy:yes`` is appended. The builders rewrite
+  Content-Length;
+- SDP that carries ``a=nortpproxy:yes`` is left alone (-1) unless ``f``; missing or
+  non-SDP bodies, missing Call-ID/From-tag, a reply without To-tag, malformed SDP
+  (logged) give -1 with the message unchanged, as does any stream the relay refuses.
+  ``c`` is accepted (the session ``c=`` is always rewritten).
+- Relays that are down, full or refuse are logged once per 10 s burst (the next line
+  counts what was swallowed); the script decides whether the call goes on.
+
+unforce_rtp_proxy sends ``D callid from-tag [to-tag]`` and returns 1 whatever the
+relay answers; -1 without Call-ID/From-tag or with ``rtpproxy_sock`` empty.
 
 Decisions (shared/reference/functions.md, nathelper-natping.md):
 
@@ -55,6 +84,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
+import os
 import socket
 import struct
 import zlib
@@ -67,6 +97,9 @@ from natserver.errors import DbError, SipError, TableFull
 from natserver.modules import Function, Module, Param, RouteType, Rpc, as_int, as_str, int_range
 from natserver.script.runtime import MsgCtx
 from natserver.sip.message import Message
+from natserver.rtp import protocol as P
+from natserver.rtp.client import BlockingClient, RelaySet
+from natserver.sip import sdp
 from natserver.sip.sdp import first_connection_address
 from natserver.sip.uri import Uri, parse_uri
 
@@ -509,7 +542,17 @@ class Nathelper(Module):
         self.switch: mmap.mmap | None = None
         self.pinger: Pinger | None = None
         self._prefix = b""
-        self._relay_warned = False
+        # RTP proxy: one client per process (rtp_client)
+        self.relay_spec: str = p["rtpproxy_sock"].strip()
+        self.rtp_timeout = float(p["rtpproxy_tout"])
+        self.rtp_retries: int = p["rtpproxy_retr"]
+        tout = p["rtpproxy_disable_tout"]
+        self.disable_tout = float(tout) if tout >= 0 else float(1 << 40)
+        if self.relay_spec:
+            RelaySet.from_spec(self.relay_spec)   # a bad entry is a start-up error
+        self.client: BlockingClient | None = None
+        self.client_pid = 0
+        self.burst = Burst()
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -611,22 +654,239 @@ class Nathelper(Module):
                 "sipping": bool(self.sipping_mask)}
 
     # ---- RTP proxy --------------------------------------------------------------------
-    # Placeholders until the relay wiring (natserver/rtp/client.py) lands here: they act
-    # as SER did with rtpproxy disabled (-1, nothing changed), so the seed cfg compiles
-    # and runs its signalling. The rtpproxy_* modparams below are accepted already.
+
+    def rtp_client(self, m: MsgCtx) -> BlockingClient | None:
+        """This process's client of the relays in ``rtpproxy_sock`` (None: disabled).
+        Created on first use, so each SIP worker has its own sockets after the fork."""
+        client = self.client
+        if client is not None and self.client_pid == os.getpid():
+            return client
+        if not self.relay_spec:
+            return None
+        relays = RelaySet.from_spec(self.relay_spec, self.disable_tout)
+        self.client = client = BlockingClient(relays, timeout=self.rtp_timeout,
+                                              retries=self.rtp_retries, clock=m.ctx.mono)
+        self.client_pid = os.getpid()
+        return client
 
     def force_rtp_proxy(self, m: MsgCtx, flags: str = "", ip: str = "") -> int:
-        self._no_relay("force_rtp_proxy")
-        return -1
+        client = self.rtp_client(m)
+        if client is None:
+            self.burst.note(m.ctx.mono(), "force_rtp_proxy(): rtpproxy_sock is empty")
+            return -1
+        return force_rtp_proxy(m, client, RtpFlags.parse(flags), ip, self.burst)
 
     def unforce_rtp_proxy(self, m: MsgCtx) -> int:
-        self._no_relay("unforce_rtp_proxy")
-        return -1
+        client = self.rtp_client(m)
+        if client is None:
+            return -1
+        return unforce_rtp_proxy(m, client, self.burst)
 
-    def _no_relay(self, name: str) -> None:
-        if not self._relay_warned:
-            self._relay_warned = True
-            log.warning("nathelper: %s(): no RTP relay is wired in yet; returning -1", name)
+    def child_init(self, ctx: Context) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None   # the parent's sockets are not ours: start afresh
+
+    def shutdown(self, ctx: Context) -> None:
+        if self.client is not None and self.client_pid == os.getpid():
+            self.client.close()
+        self.client = None
+
+
+# ---- RTP proxy: force_rtp_proxy / unforce_rtp_proxy -------------------------------------
+
+RTP_FLAGS = "lraifeocw"
+BURST_WINDOW = 10.0     # seconds: relay failures inside one window are logged once
+
+
+@dataclass(slots=True)
+class Burst:
+    """Log a relay failure once per window; the next line says how many were swallowed."""
+
+    window: float = BURST_WINDOW
+    until: float = float("-inf")
+    swallowed: int = 0
+
+    def note(self, now: float, text: str, *args: Any) -> None:
+        if now < self.until:
+            self.swallowed += 1
+            return
+        if self.swallowed:
+            text += " (and %d similar failures in the last %.0f s)"
+            args = (*args, self.swallowed, self.window)
+        self.swallowed = 0
+        self.until = now + self.window
+        log.error("nathelper: " + text, *args)
+
+
+@dataclass(frozen=True, slots=True)
+class RtpFlags:
+    """force_rtp_proxy's flags (functions.md): SER's l r a f i e, Kamailio's o c w."""
+
+    lookup: bool = False        # l: only update an existing session (L, tags swapped)
+    trust_sdp: bool = False     # r: send the SDP address instead of the source IP
+    asymmetric: bool = False    # a: modifier A (implies r)
+    force: bool = False         # f: ignore a=nortpproxy:yes
+    origin: bool = False        # o: rewrite o= too
+    symmetric: bool = False     # w: modifier S
+    bridge: str = ""            # i/e: modifiers I/E in the order given
+
+    @classmethod
+    def parse(cls, text: str) -> RtpFlags:
+        t = text.lower()
+        return cls(lookup="l" in t, trust_sdp="r" in t or "a" in t, asymmetric="a" in t,
+                   force="f" in t, origin="o" in t, symmetric="w" in t,
+                   bridge="".join(c.upper() for c in t if c in "ie"))
+
+    def mods(self, ipv6: bool) -> str:
+        # c (session c= too) needs no modifier: natserver always rewrites the session c=
+        return (("A" if self.asymmetric else "") + ("S" if self.symmetric else "")
+                + self.bridge + ("6" if ipv6 else ""))
+
+
+def _sdp_of(m: MsgCtx, name: str) -> sdp.Sdp | None:
+    """The message's SDP, parsed; None (and a log line for broken SDP) otherwise."""
+    msg = m.msg
+    body = msg.body
+    if not body.strip():
+        return None
+    try:
+        ctype = msg.content_type
+    except SipError:
+        ctype = b"?"
+    if ctype is not None and ctype != b"application/sdp":
+        return None
+    try:
+        return sdp.parse(body)
+    except sdp.SdpError as exc:
+        log.warning("%s(): malformed SDP from %s:%d (Call-ID %r): %s", name, m.src_ip,
+                    m.src_port, _text(msg, "call_id"), exc)
+        return None
+
+
+def _text(msg: Message, what: str) -> str:
+    try:
+        return getattr(msg, what).decode("latin-1")[:80]
+    except (SipError, AttributeError):
+        return "?"
+
+
+def _dialog(m: MsgCtx) -> tuple[bytes, bytes, bytes] | None:
+    """(Call-ID, From-tag, To-tag) - None when Call-ID or From-tag is missing."""
+    msg = m.msg
+    try:
+        callid = msg.call_id
+        ftag = (msg.from_.tag or "").encode("latin-1")
+        try:
+            ttag = (msg.to.tag or "").encode("latin-1")
+        except SipError:
+            ttag = b""
+    except SipError:
+        return None
+    if not callid or not ftag:
+        return None
+    return callid, ftag, ttag
+
+
+def force_rtp_proxy(m: MsgCtx, client: BlockingClient, flags: RtpFlags, ip: str,
+                    burst: Burst) -> int:
+    """Create (offer, U) or complete (answer, L) the relay session of each stream and
+    point the outgoing SDP at the relay. 1, or -1 with the message unchanged."""
+    msg = m.msg
+    if msg.is_request:
+        if msg.method != b"INVITE":
+            return -1
+        lookup = flags.lookup
+    else:
+        lookup = True       # a reply: the answer, or the answer to a re-INVITE
+    if m.vars.get("rtp_forced"):
+        log.warning("force_rtp_proxy() called twice for one message; check the cfg")
+        return -1
+    parsed = _sdp_of(m, "force_rtp_proxy")
+    if parsed is None:
+        return -1
+    if parsed.nortpproxy and not flags.force:
+        return -1
+    dialog = _dialog(m)
+    if dialog is None:
+        return -1
+    callid, ftag, ttag = dialog
+    if lookup and not ttag:
+        return -1           # L names both parties
+    if not msg.is_request:
+        tags = (ftag, ttag)
+    elif flags.lookup:
+        tags = (ttag, ftag)   # L with the tags swapped: updates the sender, never creates
+    else:
+        tags = (ftag, ttag)
+    streams = [s for s in parsed.media if s.port != 0]
+    if not streams:
+        return -1
+    op = P.Op.LOOKUP if lookup else P.Op.UPDATE
+    now = m.ctx.mono()
+    ports: list[int | None] = [None] * len(parsed.media)
+    new_ip = ""
+    for _ in range(len(client.relays.relays)):
+        relay = client.ready(callid)
+        if relay is None:
+            burst.note(now, "force_rtp_proxy(): no rtpproxy answers (Call-ID %s)",
+                       callid.decode("latin-1"))
+            return -1
+        # one stream: SER's command, no ;N; several need a relay that numbers streams
+        numbered = len(parsed.media) > 1 and relay.multistream
+        todo = streams if numbered else streams[:1]
+        failed = False
+        for s in todo:
+            addr = m.src_ip
+            if flags.trust_sdp:
+                conn = parsed.connection(s)
+                if conn is not None:
+                    addr = conn.addr.decode("latin-1")
+            suffix = b";%d" % s.index if numbered else b""
+            cmd = P.Command(op, flags.mods(":" in addr), callid, addr.encode("latin-1"),
+                            b"%d" % s.port, tags[0] + suffix,
+                            tags[1] + suffix if tags[1] else b"")
+            reply = client.send(relay, cmd)
+            if reply is None:
+                client.relays.failed(relay, client.clock())
+                failed = True
+                break
+            if not 0 < reply.port < 65536:
+                if reply.is_error:
+                    burst.note(now, "force_rtp_proxy(): rtpproxy %s refused %s: %s",
+                               relay.spec.url, cmd.op.value, reply.text.decode("latin-1"))
+                return -1   # L's "0": no such session (never created, or "l")
+            ports[s.index - 1] = reply.port
+            if not new_ip and reply.ip:
+                new_ip = reply.ip.decode("latin-1")
+        if not failed:
+            break
+    else:
+        burst.note(now, "force_rtp_proxy(): no rtpproxy answers (Call-ID %s)",
+                   callid.decode("latin-1"))
+        return -1
+    new_ip = new_ip or ip or m.local_ip
+    try:
+        sdp.record_edits(m.get_edits(), msg.body_start, parsed, new_ip, ports,
+                         origin=flags.origin)
+    except ValueError as exc:   # another function already rewrote part of the body
+        log.warning("force_rtp_proxy(): %s", exc)
+        return -1
+    m.vars["rtp_forced"] = True
+    return 1
+
+
+def unforce_rtp_proxy(m: MsgCtx, client: BlockingClient, burst: Burst) -> int:
+    """D callid from-tag [to-tag]: 1 whatever the relay says (SER)."""
+    dialog = _dialog(m)
+    if dialog is None:
+        return -1
+    callid, ftag, ttag = dialog
+    if client.command(P.Command(P.Op.DELETE, callid=callid, from_tag=ftag,
+                                to_tag=ttag)) is None:
+        burst.note(m.ctx.mono(), "unforce_rtp_proxy(): no rtpproxy answers (Call-ID %s)",
+                   callid.decode("latin-1"))
+    return 1
 
 
 _ROUTES_FIX = RouteType.REQUEST | RouteType.ONREPLY | RouteType.BRANCH
@@ -635,7 +895,7 @@ _ROUTES_RTP = RouteType.REQUEST | RouteType.ONREPLY | RouteType.FAILURE | RouteT
 
 def _rtp_flags(value: Any) -> str:
     text = as_str(value)
-    bad = set(text.lower()) - set("lraife")
+    bad = set(text.lower()) - set(RTP_FLAGS)
     if bad:
         raise ValueError(f"force_rtp_proxy: unknown flags {''.join(sorted(bad))!r}")
     return text
@@ -647,7 +907,6 @@ FUNCTIONS = (
              doc="first Contact host:port := the source address (outgoing copy)"),
     Function("fix_nated_register", Nathelper.fix_nated_register,
              doc="store the source address as the binding's received address"),
-    # placeholders until the relay wiring (see the RTP proxy section)
     Function("force_rtp_proxy", Nathelper.force_rtp_proxy, routes=_ROUTES_RTP),
     Function("force_rtp_proxy", Nathelper.force_rtp_proxy, args=(_rtp_flags,),
              routes=_ROUTES_RTP),

@@ -205,16 +205,21 @@ class BlockingClient:
         failure that relay is disabled and the next one tried. None when none answered."""
         key = callid if callid is not None else cmd.callid
         while True:
-            now = self.clock()
-            relay = self.relays.choose(key, now)
+            relay = self.ready(key)
             if relay is None:
                 return None
-            if not relay.checked and not self.check(relay):
-                continue
             reply = self.send(relay, cmd)
             if reply is not None:
                 return relay, reply
             self.relays.failed(relay, self.clock())
+
+    def ready(self, callid: bytes) -> Relay | None:
+        """The relay for ``callid``, version-checked (V/VF at first use and after a
+        disable time ran out); None when every relay is disabled."""
+        while True:
+            relay = self.relays.choose(callid, self.clock())
+            if relay is None or relay.checked or self.check(relay):
+                return relay
 
     def check(self, relay: Relay) -> bool:
         """V (must be 20040107) then VF 20050322; disables the relay on failure."""
