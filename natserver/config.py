@@ -147,6 +147,9 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("rtp_latch_mode", _latch_mode, "strict",
                 "relay latching: strict (source IP must match the signalled one, peers lock "
                 "after a learning window: RTP-bleed safe) or rtpproxy (1.x behaviour)"),
+    GlobalParam("rtp_control_sock", as_str, "",
+                "control socket the built-in relays serve (unix:PATH or udp:HOST:PORT); "
+                "default: the first entry of nathelper's rtpproxy_sock"),
     GlobalParam("tm_table_size", _range(64, 1 << 22), 16384, "transactions in shared memory"),
     GlobalParam("ul_table_size", _range(64, 1 << 22), 16384, "location contacts in shared memory"),
     GlobalParam("rtp_table_size", _range(64, 1 << 22), 4096, "RTP relay sessions in shared memory"),

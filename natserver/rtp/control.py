@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -370,6 +371,9 @@ class ControlServer:
         self.cfg = cfg or ControlConfig()
         self.stats = stats or RelayStats()
         self.cache = cache or P.ReplyCache()
+        # A relay process's hook between parsing and executing (it flushes its own copy
+        # of the call's sessions into the store first, and may adjust the command).
+        self.prepare: Callable[[P.Command], P.Command] | None = None
 
     def datagram(self, data: bytes, peer: object, now: float) -> tuple[bytes, Outcome | None]:
         """(reply datagram, outcome); the outcome is None for a cached reply, and the
@@ -398,6 +402,8 @@ class ControlServer:
             log.warning("rtpproxy command refused: %s (%r)", exc, body[:80])
             self.stats.commands_failed += 1
             return Outcome(P.error_reply(exc.code))
+        if self.prepare is not None:
+            cmd = self.prepare(cmd)
         out = execute(cmd, self.store, self.ports, now, self.cfg, self.stats)
         if out.ok:
             self.stats.commands_ok += 1

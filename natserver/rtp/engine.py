@@ -229,6 +229,18 @@ class Engine:
     def sessions(self) -> list[Session]:
         return [b.session for b in self._bindings.values()]
 
+    def bound(self, ident: tuple[bytes, bytes, int]) -> Session | None:
+        """The engine's copy of a bound session (``Session.ident``), counters folded."""
+        b = self._bindings.get(ident)
+        if b is None:
+            return None
+        self._fold(b, self.clock())
+        return b.session
+
+    @property
+    def ports_bound(self) -> int:
+        return len(self._ports)
+
     def take_changes(self) -> list[Session]:
         """Sessions changed since the last call (latches, locks, counters), folded now."""
         now = self.clock()

@@ -26,6 +26,7 @@ SIP_WORKER = "sip worker"
 TIMER = "timer"
 NATPING = "natping"
 CTL = "ctl"
+RTP_RELAY = "rtp relay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "keepalives to NATed contacts, sent from listen:port"),
     Kind(CTL, "natserver.workers.ctl:main",
          "management commands on the FIFO and the ctl socket"),
+    Kind(RTP_RELAY, "natserver.workers.rtp_relay:main",
+         "RTP relay: one slice of rtp_port_min..max, serves the rtpproxy control socket"),
 )}
 
 
@@ -59,11 +62,14 @@ def entry(kind: str) -> Callable[[Context, Child], int]:
 def plan(cfg: Config) -> list[Proc]:
     """Every process slot of a server with this cfg, in index order.
 
-    Index 0 is the supervisor, then the SIP workers, then the helpers (relays will be
-    appended by the RTP issue). Slots are fixed: a respawned child takes its old slot.
+    Index 0 is the supervisor, then the SIP workers, then the helpers, then the
+    ``rtp_relays`` relay slots. Slots are fixed: a respawned child takes its old slot.
     """
     n = cfg.children
     procs = [Proc(SUPERVISOR, 0, 1, 0)]
     procs += [Proc(SIP_WORKER, i, n, i) for i in range(1, n + 1)]
     procs += [Proc(kind, 1, 1, n + 1 + k) for k, kind in enumerate((TIMER, NATPING, CTL))]
+    relays = int(getattr(cfg, "rtp_relays", 0))
+    base = len(procs)
+    procs += [Proc(RTP_RELAY, k, relays, base + k - 1) for k in range(1, relays + 1)]
     return procs

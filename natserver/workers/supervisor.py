@@ -53,7 +53,7 @@ from natserver import daemon
 from natserver import log as logsetup
 from natserver.context import Context, Proc
 from natserver.stats import COUNTER_NAMES
-from natserver.workers import CTL, SIP_WORKER, entry, plan
+from natserver.workers import CTL, RTP_RELAY, SIP_WORKER, entry, plan
 from natserver.workers.base import ChildSpec, child_main
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ class Supervisor:
         self.ctx: Context | None = None
         self.sock: socket.socket | None = None
         self.ends = None  # ctl.Endpoints
+        self.plane = None  # rtp_relay.Plane: relay control socket, notification pairs
         self.slots: list[Slot] = []
         self.by_pid: dict[int, Slot] = {}
         self.booting = True
@@ -241,6 +242,11 @@ class Supervisor:
         self._build_tables(ctx)
         for module in self.script.modules.values():
             module.init(ctx)
+        from natserver.workers import rtp_relay
+        try:
+            self.plane = rtp_relay.plane_from_cfg(cfg, self.script.modules)
+        except rtp_relay.PlaneError as exc:
+            raise StartupError(str(exc)) from None
         from natserver.workers import ctl
         try:
             self.ends = ctl.open_endpoints(cfg)
@@ -257,6 +263,9 @@ class Supervisor:
                 if name in specs and specs[name] != spec:
                     raise StartupError(f"shm table {name} requested twice with different sizes")
                 specs[name] = spec
+        if int(self.cfg.rtp_relays) > 0:
+            from natserver.rtp.store import TABLE_NAME, table_spec
+            specs[TABLE_NAME] = table_spec(int(self.cfg.rtp_table_size))
         try:
             ctx.tables = Tables.build(specs, proc_slots=len(self.slots) + 1,
                                       counter_names=COUNTER_NAMES)
@@ -280,7 +289,7 @@ class Supervisor:
         bind = None
         if proc.kind == SIP_WORKER and self.cfg.reuseport == "per_worker" and proc.slot > 1:
             sock, bind = None, self.ctx.listen
-        elif proc.kind == CTL:
+        elif proc.kind in (CTL, RTP_RELAY):
             sock = None
         fds = [self.wake_r, self.wake_w]
         if self.notifier.fd >= 0:
@@ -290,6 +299,10 @@ class Supervisor:
             extra["ctl"] = self.ends
         elif self.ends is not None:
             fds.extend(self.ends.fds())
+        if proc.kind == RTP_RELAY:
+            extra["rtp"] = self.plane
+        elif self.plane is not None:
+            fds.extend(self.plane.fds())
         return ChildSpec(proc=proc, parent=self.pid, board=self.ctx.tables.procs, sock=sock,
                          bind=bind, close_fds=tuple(fds), log_args=dict(self.log_args),
                          extra=extra)
@@ -542,6 +555,9 @@ class Supervisor:
         return seen
 
     def cleanup(self) -> None:
+        if self.plane is not None:
+            self.plane.close(unlink=True)
+            self.plane = None
         if self.ends is not None:
             self.ends.close(unlink=True)
             self.ends = None

@@ -1,0 +1,88 @@
+"""The relay processes of a running natserver (natserver/workers/rtp_relay.py): the
+rtpproxy control socket, RTP through the relay, bleed, D, idle expiry, natserverctl rtp.
+
+Everything runs in a loopback-only netns (the relays forward to addresses read from
+commands). Commands are sent the way nathelper sends them: U with the caller's address
+and from-tag, L with the callee's address and both tags.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.helpers.relayproc import (
+    PORT_MAX,
+    PORT_MIN,
+    Control,
+    ctl_json,
+    ctl_text,
+    drain,
+    exchange,
+    port_of,
+    relay_cfg,
+    rtp,
+    start_natserver,
+)
+from tests.helpers.server import Netns, need_root
+
+
+@pytest.fixture
+def ns():
+    need_root()
+    n = Netns("nsr")
+    yield n
+    n.destroy()
+
+
+def server(ns, tmp_path, **kw):
+    cfg, control = relay_cfg(tmp_path, **kw)
+    return start_natserver(ns, cfg, tmp_path), Control(ns, control)
+
+
+def call(ctl: Control, a: socket.socket, b: socket.socket, callid: str = "call-1") -> tuple[int, int]:
+    """U then L like nathelper: returns (relay port a sends to, relay port b sends to)."""
+    pa, pb = a.getsockname()[1], b.getsockname()[1]
+    port_for_b = port_of(ctl(f"U {callid} 127.0.0.1 {pa} fromtag"))
+    port_for_a = port_of(ctl(f"L {callid} 127.0.0.1 {pb} fromtag totag"))
+    return port_for_a, port_for_b
+
+
+@pytest.mark.parametrize("kind", ["unix", "udp"])
+def test_relay_forwards_both_ways_and_d_frees_the_ports(ns, tmp_path, kind):
+    control = f"unix:{tmp_path / 'rtp.sock'}" if kind == "unix" else "udp:127.0.0.1:7722"
+    srv, ctl = server(ns, tmp_path, control=control)
+    a, b = ns.socket(), ns.socket()
+    try:
+        assert ctl("V") == "20040107"
+        assert ctl("VF 20050322") == "1"
+        to_a, to_b = call(ctl, a, b)
+        assert PORT_MIN <= to_a <= PORT_MAX and PORT_MIN <= to_b <= PORT_MAX
+        got_b, got_a = exchange(a, to_a, b, to_b, count=20)
+        assert got_b == 20 and got_a == 20
+        # each side hears the relay from the port it sends to (symmetric RTP)
+        a.sendto(rtp(1), ("127.0.0.1", to_a))
+        b.settimeout(1.0)
+        _, src = b.recvfrom(2048)
+        assert src == ("127.0.0.1", to_b)
+        assert ctl("D call-1 fromtag totag") == "0"
+        assert ctl("D call-1 fromtag totag") == "E50"         # unknown now
+        # the ports are free again: anyone may bind them
+        for port in (to_a, to_b, to_a + 1, to_b + 1):
+            probe = ns.socket(bind=None)
+            deadline = time.monotonic() + 2
+            while True:
+                try:
+                    probe.bind(("127.0.0.1", port))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"port {port} still bound"
+                    time.sleep(0.02)
+            probe.close()
+    finally:
+        a.close()
+        b.close()
+        ctl.close()
+        srv.stop()
