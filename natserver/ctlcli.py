@@ -188,6 +188,27 @@ def render_stats(data: Any) -> str:
     return proto.format_table([{k: row.get(k) for k in keep} for row in data])
 
 
+def render_rtp(data: Any) -> str:
+    """Relay sessions, one row per stream (side 0 -> side 1), then the relays' load."""
+    if not isinstance(data, dict):
+        return proto.render(data)
+    rows = []
+    for s in data.get("sessions", []):
+        rows.append({
+            "call-id": s["callid"], "media": s["media"], "relay": s["relay"],
+            "state": s["state"],
+            "ports": "/".join(str(p) for p in s["ports"]),
+            "caller": s["latched"][0] or f"({s['signalled'][0] or '-'})",
+            "callee": s["latched"][1] or f"({s['signalled'][1] or '-'})",
+            "packets": "%d/%d" % tuple(s["packets"]), "dropped": s["dropped"],
+            "age": s["age"], "idle": s["idle"]})
+    parts = [proto.format_table(rows) if rows else "no relay sessions"]
+    relays = data.get("relays", [])
+    if relays:
+        parts.append(proto.format_table(relays))
+    return "\n\n".join(parts)
+
+
 @dataclass(frozen=True, slots=True)
 class CliCommand:
     name: str
@@ -201,6 +222,7 @@ COMMANDS: dict[str, CliCommand] = {c.name: c for c in (
     CliCommand("uptime", "server start time and uptime"),
     CliCommand("version", "server version"),
     CliCommand("stats", "per-process counters [names...]", render_stats),
+    CliCommand("rtp", "RTP relay sessions and relay load", render_rtp),
     CliCommand("which", "commands the server answers"),
     CliCommand("ul", "location: ul show [AOR] | ul rm AOR | ul flush"),
     CliCommand("add", "add a subscriber: USER@DOMAIN PASSWORD (database)", local=True),

@@ -246,6 +246,58 @@ def _stats(ctx: Context, args: list[str]) -> Any:
     return rows
 
 
+def _rtp(ctx: Context, args: list[str]) -> Any:
+    """Relay sessions (from the shm table) and per-relay load."""
+    from natserver.rtp.ports import relay_slices
+    from natserver.rtp.session import SideState
+    from natserver.rtp.store import TABLE_NAME, ShmStore
+    relays = int(ctx.cfg.rtp_relays)
+    table = ctx.tables.get(TABLE_NAME) if ctx.tables is not None else None
+    if relays <= 0 or table is None:
+        raise ValueError("no built-in RTP relay (rtp_relays=0)")
+    now = time.time()
+    sessions = []
+    load = {k: {"sessions": 0, "ports_used": 0} for k in range(1, relays + 1)}
+    for s in sorted(ShmStore(table).iterate(), key=lambda s: (s.created, s.callid, s.media)):
+        sides = s.sides
+        sessions.append({
+            "callid": s.callid.decode(errors="replace"),
+            "media": s.media,
+            "tags": [t.decode(errors="replace") for t in s.tags],
+            "relay": s.relay,
+            "state": s.state.name.lower(),
+            "ports": [d.port for d in sides],
+            "signalled": [f"{d.sig_ip}:{d.sig_port}" if d.sig_ip else "" for d in sides],
+            "latched": [f"{d.peer_ip}:{d.peer_port}"
+                        if d.state in (SideState.LATCHED, SideState.LOCKED) else ""
+                        for d in sides],
+            "side_state": [d.state.name.lower() for d in sides],
+            "packets": [d.packets for d in sides],
+            "bytes": [d.bytes for d in sides],
+            "dropped": sum(d.dropped for d in sides),
+            "age": round(now - s.created, 1),
+            "idle": round(now - s.idle_since(), 1),
+        })
+        row = load.get(s.relay)
+        if row is not None:
+            row["sessions"] += 1
+            row["ports_used"] += 4      # RTP and RTCP on each side
+    board = _board(ctx)
+    titles = {title: index for index, title, _ in _pids(ctx)}
+    slices = relay_slices(int(ctx.cfg.rtp_port_min), int(ctx.cfg.rtp_port_max), relays)
+    out = []
+    for k, (lo, hi) in enumerate(slices, start=1):
+        index = titles.get(f"natserver: rtp relay {k}/{relays}", 0)
+        values = dict(zip(COUNTER_NAMES, board.values(index))) if index else {}
+        row = load[k]
+        out.append({"relay": k, "pid": board.pid(index) if index else 0, "ports": f"{lo}-{hi}",
+                    "sessions": row["sessions"], "ports_used": row["ports_used"],
+                    "ports_free": hi - lo + 1 - row["ports_used"],
+                    "packets": values.get("rtp_packets", 0),
+                    "dropped": values.get("rtp_dropped", 0)})
+    return {"sessions": sessions, "relays": out}
+
+
 def _board(ctx: Context) -> Any:
     tables = ctx.tables
     board = getattr(tables, "procs", None) if tables is not None else None
@@ -256,6 +308,8 @@ def _board(ctx: Context) -> Any:
 
 CORE: tuple[Command, ...] = (
     Command("ps", _ps, "processes: pid, title, uptime, CPU, memory, heartbeat age"),
+    Command("rtp", _rtp, "RTP relay sessions (call-id, sides, latched addresses, packets "
+                         "each way, age) and per-relay load"),
     Command("stats", _stats, "per-process counters (+ those of exited processes) "
                              "[counter names...]"),
     Command("uptime", _uptime, "when the server started and for how long it runs"),

@@ -86,3 +86,86 @@ def test_relay_forwards_both_ways_and_d_frees_the_ports(ns, tmp_path, kind):
         b.close()
         ctl.close()
         srv.stop()
+
+
+def test_a_stranger_after_latching_is_not_forwarded(ns, tmp_path):
+    """RTP bleed: once both sides latched, packets from another address aimed at a
+    relay port reach nobody (the stranger's IP is not the signalled one)."""
+    srv, ctl = server(ns, tmp_path)
+    a, b = ns.socket(), ns.socket()
+    stranger = ns.socket(bind=("127.0.0.2", 0))
+    try:
+        to_a, to_b = call(ctl, a, b)
+        assert exchange(a, to_a, b, to_b, count=5) == (5, 5)
+        for i in range(20):
+            stranger.sendto(rtp(7000 + i), ("127.0.0.1", to_a))
+            stranger.sendto(rtp(7000 + i), ("127.0.0.1", to_b))
+        assert drain(b, 0.3) == 0 and drain(a, 0.0) == 0
+        assert drain(stranger, 0.0) == 0
+        # the real parties still talk
+        assert exchange(a, to_a, b, to_b, count=5) == (5, 5)
+        rows = ctl_json(srv.cfg_path, "rtp")["sessions"]
+        assert len(rows) == 1 and rows[0]["dropped"] >= 40
+    finally:
+        for s in (a, b, stranger):
+            s.close()
+        ctl.close()
+        srv.stop()
+
+
+def test_idle_session_expires_and_frees_its_ports(ns, tmp_path):
+    srv, ctl = server(ns, tmp_path, timeout=2)
+    a, b = ns.socket(), ns.socket()
+    try:
+        to_a, to_b = call(ctl, a, b)
+        assert exchange(a, to_a, b, to_b, count=3) == (3, 3)
+        assert ctl("Q call-1 fromtag totag").split()[1:3] == ["3", "3"]
+        started = time.monotonic()
+        while ctl("Q call-1 fromtag totag") != "E50":
+            assert time.monotonic() - started < 6, "the idle session did not expire"
+            time.sleep(0.1)
+        assert time.monotonic() - started >= 1.0
+        assert ctl_json(srv.cfg_path, "rtp")["sessions"] == []
+        probe = ns.socket(bind=("127.0.0.1", to_a))
+        probe.close()
+        assert "timed out" in srv.log_text()
+    finally:
+        a.close()
+        b.close()
+        ctl.close()
+        srv.stop()
+
+
+def test_ctl_rtp_lists_sessions_counters_and_relay_load(ns, tmp_path):
+    srv, ctl = server(ns, tmp_path, relays=2)
+    a, b = ns.socket(), ns.socket()
+    try:
+        to_a, to_b = call(ctl, a, b, "ctl-call")
+        assert exchange(a, to_a, b, to_b, count=10) == (10, 10)
+        deadline = time.monotonic() + 3
+        while True:        # counters reach the table within a write-back period
+            data = ctl_json(srv.cfg_path, "rtp")
+            row = data["sessions"][0]
+            if row["packets"] == [10, 10] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(data["sessions"]) == 1
+        assert row["callid"] == "ctl-call" and row["media"] == 1
+        assert sorted(row["ports"]) == sorted([to_a, to_b])
+        assert row["packets"] == [10, 10]
+        assert row["latched"] == [f"127.0.0.1:{a.getsockname()[1]}",
+                                  f"127.0.0.1:{b.getsockname()[1]}"]
+        assert row["age"] >= 0
+        relays = {r["relay"]: r for r in data["relays"]}
+        assert set(relays) == {1, 2}
+        owner = relays[row["relay"]]
+        assert owner["sessions"] == 1 and owner["ports_used"] == 4
+        assert sum(r["sessions"] for r in relays.values()) == 1
+        assert all(r["ports_free"] > 0 for r in relays.values())
+        text = ctl_text(srv.cfg_path, "rtp")
+        assert "ctl-call" in text and "127.0.0.1:%d" % a.getsockname()[1] in text
+    finally:
+        a.close()
+        b.close()
+        ctl.close()
+        srv.stop()
