@@ -24,12 +24,15 @@ force_rtp_proxy (functions.md, rtpproxy-protocol.md §4):
 - the address sent is the SIP source IP, or the stream's SDP ``c=`` with ``r``/``a``;
   the port is the ``m=`` port; modifiers ``A`` (a), ``S`` (w), ``I``/``E`` (i/e) and
   ``6`` for an IPv6 address;
-- one command per ``m=`` line with a non-zero port, tags ``tag;N`` when the SDP has
-  several streams and the relay answered ``VF 20050322`` with 1; a relay without it
-  gets only the first stream (SER 0.9); a single stream is sent without ``;N``;
+- one command per ``m=`` line with a non-zero port, tags ``tag;N`` (N = the m= line's
+  number) when the relay answered ``VF 20050322`` with 1 - also for a single stream,
+  as Kamailio does: rtpengine's rtpproxy port parses nothing else (without ``;N`` it
+  falls back to echoing the port, a silent no-op). A relay without 20050322 gets bare
+  tags and only the first stream (SER 0.9);
 - the SDP is rewritten through the message's Edits (natserver/sip/sdp.py): every
   ``c=`` of a relayed stream and the session ``c=`` get the reply's IP, else the 2nd
-  argument, else the local IP the message arrived on - except a null ``c=`` (hold),
+  argument, else the local IP the message arrived on (a null reply IP, as rtpengine
+  gives for some streams, does not count) - except a null ``c=`` (hold),
   which stays null; each ``m=`` port and ``a=rtcp:`` (port + 1) follow the relay;
   ``o=`` only with ``o``; ``a=nortpproxy:yes`` is appended. The builders rewrite
   Content-Length;
@@ -832,8 +835,10 @@ def force_rtp_proxy(m: MsgCtx, client: BlockingClient, flags: RtpFlags, ip: str,
             burst.note(now, "force_rtp_proxy(): no rtpproxy answers (Call-ID %s)",
                        callid.decode("latin-1"))
             return -1
-        # one stream: SER's command, no ;N; several need a relay that numbers streams
-        numbered = len(parsed.media) > 1 and relay.multistream
+        # tag;N whenever the relay numbers streams (Kamailio does the same; rtpengine's
+        # rtpproxy port even requires it), bare tags and the first stream only for a
+        # relay without 20050322 (SER 0.9)
+        numbered = relay.multistream
         todo = streams if numbered else streams[:1]
         failed = False
         for s in todo:
@@ -857,7 +862,7 @@ def force_rtp_proxy(m: MsgCtx, client: BlockingClient, flags: RtpFlags, ip: str,
                                relay.spec.url, cmd.op.value, reply.text.decode("latin-1"))
                 return -1   # L's "0": no such session (never created, or "l")
             ports[s.index - 1] = reply.port
-            if not new_ip and reply.ip:
+            if not new_ip and reply.ip and reply.ip not in sdp.NULL_ADDRESSES:
                 new_ip = reply.ip.decode("latin-1")
         if not failed:
             break

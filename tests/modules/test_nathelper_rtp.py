@@ -153,7 +153,7 @@ def test_offer_answer_relays_rtp_both_ways(relay, rig, kind):
     m, out = g.request(message(body=sdp(pa, "192.168.1.10")))
     assert m.flags & 2, "force_rtp_proxy() on the offer returned false"
     # U with the SIP source IP (not the private SDP address) and the SDP port
-    assert r.sent(b"U") == [b"U c1 127.0.0.1 %d tagA" % pa]
+    assert r.sent(b"U") == [b"U c1 127.0.0.1 %d tagA;1" % pa]
     _, offer = body_of(out)
     assert offer.session_conn.addr == b"127.0.0.1"          # the relay's advertised IP
     assert offer.nortpproxy
@@ -162,7 +162,7 @@ def test_offer_answer_relays_rtp_both_ways(relay, rig, kind):
 
     m, out = g.reply(message(reply=200, body=sdp(pb, "10.0.0.5"), ttag="tagB"))
     assert m.flags & 2
-    assert r.sent(b"L") == [b"L c1 127.0.0.1 %d tagA tagB" % pb]
+    assert r.sent(b"L") == [b"L c1 127.0.0.1 %d tagA;1 tagB;1" % pb]
     _, answer = body_of(out)
     relay_for_a = answer.media[0].port
     assert answer.session_conn.addr == b"127.0.0.1" and answer.nortpproxy
@@ -228,7 +228,7 @@ def test_hold_keeps_null_address_trust_flag_and_origin(relay, rig):
     m, out = g.request(message(body=hold, extra=("X-Flags: ro",)))
     assert m.flags & 2
     # r: the SDP address is sent (0.0.0.0 pre-fills nothing at the relay)
-    assert r.sent(b"U") == [b"U c1 0.0.0.0 8000 tagA"]
+    assert r.sent(b"U") == [b"U c1 0.0.0.0 8000 tagA;1"]
     _, s = body_of(out)
     assert s.session_conn.addr == b"0.0.0.0"               # hold stays hold
     assert s.media[0].port != 8000 and s.direction is None
@@ -242,7 +242,7 @@ def test_ipv6_sdp_and_source_switch_family(relay, rig):
     m, out = g.request(message(body=sdp(8000, "2001:db8::1", family="IP6")),
                        src=("2001:db8::7", 5062))
     assert m.flags & 2
-    assert r.sent(b"U") == [b"U6 c1 2001:db8::7 8000 tagA"]
+    assert r.sent(b"U") == [b"U6 c1 2001:db8::7 8000 tagA;1"]
     _, s = body_of(out)
     # the relay advertises an IPv4 address: the c= family follows it
     assert s.session_conn.addrtype == b"IP4" and s.session_conn.addr == b"127.0.0.1"
@@ -268,7 +268,7 @@ def test_reinvite_with_l_keeps_ports_and_never_creates(relay, rig):
     # re-INVITE from the caller with a new media port: L with the tags swapped
     m, out = g.request(message(body=sdp(8100), ttag="tagB", extra=("X-Flags: l",)))
     assert m.flags & 2
-    assert r.sent(b"L")[-1] == b"L c1 127.0.0.1 8100 tagB tagA"
+    assert r.sent(b"L")[-1] == b"L c1 127.0.0.1 8100 tagB;1 tagA;1"
     assert body_of(out)[1].media[0].port == port_for_b
     # its answer from the callee: the caller keeps its relay port
     m, out = g.reply(message(reply=200, body=sdp(9100), ttag="tagB"))
@@ -291,7 +291,7 @@ def test_answer_for_unknown_session_is_false_and_unchanged(relay, rig):
     body = sdp(9000)
     m, out = g.reply(message(reply=200, body=body, ttag="tagB", callid="nobody"))
     assert not m.flags & 2 and Message.parse(out).body == body
-    assert r.sent(b"L") == [b"L nobody 127.0.0.1 9000 tagA tagB"]
+    assert r.sent(b"L") == [b"L nobody 127.0.0.1 9000 tagA;1 tagB;1"]
 
 
 @pytest.mark.parametrize("body,ctype", [
@@ -420,3 +420,11 @@ def test_client_is_per_process(relay, rig):
     g.request(message(body=sdp(8000), callid="c2"))
     assert nh.client is not None and nh.client is not first
     assert r.sent(b"V") == [b"V", b"VF 20050322"] * 2    # the new process checks again
+
+
+def test_null_reply_address_is_not_advertised(relay, rig):
+    r = relay(advertise="0.0.0.0")       # rtpengine answers so for some streams
+    g = rig(r.url)
+    m, out = g.request(message(body=sdp(8000)))
+    assert m.flags & 2
+    assert body_of(out)[1].session_conn.addr == LOCAL[0].encode()
