@@ -464,6 +464,8 @@ class Relay:
             else:
                 notify.add((s.relay, s.callid))
         for relay, callid in notify:
+            log.info("rtp %s: session of relay %d changed by relay %d: notifying",
+                     callid.decode(errors="replace"), relay, self.slot)
             self.notify(relay, callid)
 
     def notify(self, relay: int, callid: bytes) -> None:
