@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,14 +19,13 @@ from pathlib import Path
 import orjson
 import psutil
 
-from tests.helpers.server import ROOT, Netns, need_root
+from tests.helpers.server import ROOT, Netns, Server, need_root
 
 __all__ = ["NatServer", "Netns", "SyslogSink", "cfg_text", "ctl", "need_root", "title_of",
            "wait_gone"]
 
 ENV = dict(os.environ, PYTHONUNBUFFERED="1",
            PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-LISTEN_RE = re.compile(r"listening on udp:([0-9.]+):(\d+)")
 
 
 def cfg_text(*, children: int = 2, fifo: str = "", extra: str = "", modules: str = "",
@@ -61,51 +59,16 @@ def title_of(pid: int) -> str:
         return ""
 
 
-class NatServer:
+class NatServer(Server):
     """``python -m tests.helpers.probe -f CFG ARGS`` inside ``ns``, stderr collected."""
 
     def __init__(self, ns: Netns, cfg: str, tmp: Path, *, args: tuple[str, ...] = ("-D", "-E"),
                  name: str = "natserver.cfg") -> None:
-        self.ns = ns
-        self.tmp = tmp
-        self.cfg_path = tmp / name
-        self.cfg_path.write_text(cfg)
-        self.lines: list[str] = []
-        self.host = ""
-        self.port = 0
-        self.proc = subprocess.Popen(
-            ns.cmd(sys.executable, "-m", "tests.helpers.probe", "-f", str(self.cfg_path), *args),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, cwd=str(tmp))
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            found = LISTEN_RE.search(line)
-            if found and not self._ready.is_set():
-                self.host, self.port = found.group(1), int(found.group(2))
-                self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self, timeout: float = 15.0) -> NatServer:
-        if not self._ready.wait(timeout) or not self.port:
-            self.stop()
-            raise AssertionError("natserver did not start:\n" + "\n".join(self.lines[-40:]))
-        return self
-
-    @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
+        super().__init__(ns, cfg, tmp, module="tests.helpers.probe", args=args, name=name)
 
     @property
     def pid(self) -> int:
         return self.proc.pid
-
-    def log_text(self) -> str:
-        return "\n".join(self.lines)
 
     def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match[str]]:
         deadline = time.monotonic() + timeout
@@ -154,9 +117,6 @@ class NatServer:
     def ctl_json(self, *args: str) -> object:
         return orjson.loads(self.ctl(*args, json=True).stdout)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
@@ -165,16 +125,6 @@ class NatServer:
         self._reader.join(2)
         return code
 
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        return self.proc.returncode
 
 
 def ctl(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -92,19 +92,23 @@ LISTEN_RE = re.compile(r"listening on udp:([0-9.]+):(\d+)")
 
 
 class Server:
-    """natserver started with ``-D -E`` from a cfg text, its stderr collected."""
+    """``python -m MODULE -f CFG ARGS`` (natserver, ``-D -E``) inside ``ns`` from a cfg
+    text, its stderr collected; ``wait_ready`` reads the listen address from it."""
 
-    def __init__(self, ns: Netns, cfg_text: str, tmp: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, ns: Netns, cfg_text: str, tmp: Path, *, extra_args: tuple[str, ...] = (),
+                 module: str = "natserver", args: tuple[str, ...] = ("-D", "-E"),
+                 name: str = "natserver.cfg") -> None:
         self.ns = ns
-        self.cfg_path = tmp / "natserver.cfg"
+        self.tmp = tmp
+        self.cfg_path = tmp / name
         self.cfg_path.write_text(cfg_text)
         self.lines: list[str] = []
         self.host = ""
         self.port = 0
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            ns.cmd(sys.executable, "-m", "natserver", "-f", str(self.cfg_path), "-D", "-E",
-                   *extra_args),
+            ns.cmd(sys.executable, "-m", module, "-f", str(self.cfg_path), *args, *extra_args),
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp))
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -120,10 +124,11 @@ class Server:
                 self._ready.set()
         self._ready.set()
 
-    def wait_ready(self, timeout: float = 10.0) -> None:
+    def wait_ready(self, timeout: float = 15.0) -> Server:
         if not self._ready.wait(timeout) or not self.port:
             self.stop()
             raise AssertionError("natserver did not start:\n" + "\n".join(self.lines[-40:]))
+        return self
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -146,7 +151,7 @@ class Server:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> int | None:
+    def stop(self, timeout: float = 15.0) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
