@@ -1,0 +1,1 @@
+"""Interop: natserver with Debian's rtpengine and kamailio (issue 7)."""
