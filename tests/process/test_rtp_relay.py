@@ -169,3 +169,25 @@ def test_ctl_rtp_lists_sessions_counters_and_relay_load(ns, tmp_path):
         b.close()
         ctl.close()
         srv.stop()
+
+
+def test_control_socket_defaults_to_nathelpers_first_rtpproxy_sock(ns, tmp_path):
+    """The seed's modparam("nathelper", "rtpproxy_sock", "unix:...") works unchanged:
+    without rtp_control_sock the relays serve its first entry."""
+    path = tmp_path / "seed-rtpproxy.sock"
+    cfg, _ = relay_cfg(tmp_path)
+    cfg = cfg.replace(f'rtp_control_sock="unix:{tmp_path / "rtpproxy.sock"}"', "")
+    cfg = cfg.replace('loadmodule "sl.so"',
+                      'loadmodule "sl.so"\nloadmodule "nathelper.so"\n'
+                      f'modparam("nathelper", "rtpproxy_sock", "unix:{path} udp:127.0.0.1:9=2")')
+    srv = start_natserver(ns, cfg, tmp_path)
+    ctl = Control(ns, f"unix:{path}")
+    try:
+        assert not (tmp_path / "rtpproxy.sock").exists()
+        assert ctl("V") == "20040107"
+        titles = [t for t in srv.children() if "rtp relay" in t]
+        assert titles == [f"natserver: rtp relay 1/1 {PORT_MIN}-{PORT_MAX}"]
+    finally:
+        ctl.close()
+        assert srv.stop() == 0
+    assert not path.exists(), "the supervisor left the control socket behind"
