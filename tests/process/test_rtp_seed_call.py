@@ -1,0 +1,91 @@
+"""The seed's call through natserver's own relay (issue 7): conf/natserver.cfg rendered
+with a tmp ``rtpproxy_sock`` (served by the built-in relay, ``rtp_relays=1``) and a
+small port range; two phones behind a "NAT" (private Contact and SDP, sending from
+127.0.0.1) register, call, re-INVITE and hang up (tests/interop/seedcall.py).
+
+Checked: force_rtp_proxy on the INVITE and the 200 made one relay session; the SDP
+each side received points at the relay; RTP-sized packets go through both ways; the
+re-INVITE (force_rtp_proxy("l")) keeps the ports; the BYE (unforce_rtp_proxy) frees the
+session and its ports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.helpers.server import Netns, need_root
+from tests.interop.seedcall import Phone, SeedServer, exchange, hang_up, reinvite, seed_call
+
+PORTS = (30000, 30199)
+
+
+@pytest.fixture(params=["unix", "udp"])
+def lab(request, tmp_path):
+    need_root()
+    ns = Netns("nsrs")
+    sock = ("unix:{rundir}/rtpproxy.sock" if request.param == "unix"
+            else "udp:127.0.0.1:7722")      # inside our own namespace
+    server = None
+    try:
+        server = SeedServer(ns, tmp_path, rtpproxy_sock=sock, relays=1, ports=PORTS)
+        yield ns, server
+    finally:
+        if server is not None:
+            server.stop()
+        ns.destroy()
+    assert "Traceback" not in server.log_text(), server.log_text()[-5000:]
+
+
+def sessions(server: SeedServer) -> list[dict]:
+    return json.loads(server.ctl("rtp", json_out=True))["sessions"]
+
+
+def test_seed_call_through_the_builtin_relay(lab):
+    ns, server = lab
+    alice = Phone(ns, "alice", "192.168.1.10")
+    bob = Phone(ns, "bob", "192.168.1.20")
+    try:
+        alice.register()
+        bob.register()
+        call = seed_call(alice, bob)
+        rows = sessions(server)
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert row["callid"] == alice.call_id and row["tags"] == [alice.tag, bob.tag]
+        # the SDP each side received points at the relay's ports for the other side
+        assert call.offer_seen.ip == "127.0.0.1" and call.answer_seen.ip == "127.0.0.1"
+        assert call.offer_seen.marker and call.answer_seen.marker
+        assert sorted(row["ports"]) == sorted([call.offer_seen.port, call.answer_seen.port])
+        assert all(PORTS[0] <= p <= PORTS[1] for p in row["ports"])
+        # signalled: the SIP source IP with the SDP port (not the private SDP address)
+        assert sorted(row["signalled"]) == sorted([f"127.0.0.1:{alice.rtp_port}",
+                                                   f"127.0.0.1:{bob.rtp_port}"])
+
+        got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen)
+        assert len(got_bob) >= 18 and len(got_alice) >= 18, (len(got_bob), len(got_alice))
+        assert all(len(p) == 172 and p[12:22] == b"from-alice" for p in got_bob)
+        assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
+
+        again = reinvite(call)
+        assert (again.offer_seen.port, again.answer_seen.port) == \
+            (call.offer_seen.port, call.answer_seen.port)
+        assert len(sessions(server)) == 1
+        got_bob, got_alice = exchange(alice, again.answer_seen, bob, again.offer_seen, 10)
+        assert len(got_bob) >= 8 and len(got_alice) >= 8
+
+        hang_up(call)
+        deadline = time.monotonic() + 3
+        while sessions(server):
+            assert time.monotonic() < deadline, sessions(server)
+            time.sleep(0.05)
+        # the ports are free again: nothing is relayed, and they can be bound
+        got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen, 5)
+        assert got_bob == [] and got_alice == []
+        for port in (call.offer_seen.port, call.answer_seen.port):
+            ns.socket(bind=("127.0.0.1", port)).close()
+    finally:
+        alice.close()
+        bob.close()
