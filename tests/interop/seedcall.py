@@ -130,7 +130,9 @@ class Phone:
         self.media = self.ns.socket()
         self.addr = self.sip.getsockname()[:2]
         self.rtp_port = self.media.getsockname()[1]
-        self.contact = f"<sip:{self.user}@{self.private_ip}:5060>"
+        # a private address claims a NAT; 127.0.0.1 is a phone without one
+        port = self.addr[1] if self.private_ip == "127.0.0.1" else 5060
+        self.contact = f"<sip:{self.user}@{self.private_ip}:{port}>"
         self.cseq = 0
         self.call_id = ""
         self.remote_tag = ""
@@ -204,9 +206,11 @@ class Phone:
         lines.append(f"Content-Length: {len(body)}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
-    def invite(self, callee: str, sdp: bytes) -> None:
-        """INVITE with proxy authentication (407 -> ACK -> INVITE with credentials)."""
-        ruri = f"sip:{callee}@{DOMAIN}"
+    def invite(self, callee: str, sdp: bytes, *, auth: bool = True,
+               ruri: str = "") -> None:
+        """INVITE with proxy authentication (407 -> ACK -> INVITE with credentials);
+        without ``auth`` the INVITE is sent once (a proxy that does not challenge)."""
+        ruri = ruri or f"sip:{callee}@{DOMAIN}"
         in_dialog = bool(self.remote_tag)
         if not in_dialog:
             self.call_id = rand_token(16) + "@seedcall"
@@ -215,6 +219,8 @@ class Phone:
         self.cseq += 1
         branch = "z9hG4bK" + rand_token()
         self.send(self._request("INVITE", target, branch=branch, to=to, body=sdp))
+        if not auth:
+            return
         challenged = self.expect(407)
         self.send(self._request("ACK", target, branch=branch, to=challenged.get("To") or to))
         auth = authorization(parse_challenge(challenged.get("Proxy-Authenticate")), self.user,

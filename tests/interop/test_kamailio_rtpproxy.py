@@ -1,0 +1,177 @@
+"""Debian's kamailio (rtpproxy module) relays a call through natserver's relay
+(issue 7 acceptance, interop).
+
+natserver runs only its relay (``rtp_relays=1``, a signalling-only cfg) with the
+rtpproxy control socket on ``udp:127.0.0.1:PORT`` (tests/helpers/relayproc.py);
+kamailio's ``rtpproxy_sock`` points at it. kamailio record-routes a call from alice to
+bob (routed by R-URI, no registrar), calls ``rtpproxy_offer()`` on the INVITE,
+``rtpproxy_answer()`` on the 200 and ``rtpproxy_destroy()`` on the BYE. RTP-sized
+packets then flow both ways through natserver's relay. All of it runs in a
+loopback-only namespace the test made.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import shutil
+import time
+
+import pytest
+
+from tests.helpers.relayproc import Proc, ctl_json, relay_cfg, start_natserver
+from tests.helpers.server import Netns, need_root
+from tests.helpers.sipclient import rand_token
+from tests.interop.seedcall import Media, Phone, exchange, offer_sdp
+
+KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
+pytestmark = pytest.mark.skipif(not os.access(KAMAILIO, os.X_OK),
+                                reason="kamailio is not installed")
+MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+KAM = ("127.0.0.1", 5060)      # inside our own namespace
+
+CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+auto_aliases=no
+dns=no
+rev_dns=no
+disable_tcp=yes
+mpath="%(modules)s"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "rtpproxy.so"
+modparam("rtpproxy", "rtpproxy_sock", "%(sock)s")
+modparam("rtpproxy", "rtpproxy_tout", 1)
+
+request_route {
+  if (!mf_process_maxfwd_header("10")) { sl_send_reply("483", "Too Many Hops"); exit; }
+  if (is_method("BYE|CANCEL")) { rtpproxy_destroy(); }
+  if (has_totag()) {
+    if (loose_route()) {
+      if (is_method("INVITE") && has_body("application/sdp")) { rtpproxy_offer(); }
+      t_on_reply("REPLY");
+      t_relay();
+      exit;
+    }
+    if (is_method("ACK")) { if (t_check_trans()) { t_relay(); } exit; }
+    sl_send_reply("404", "Not here");
+    exit;
+  }
+  if (is_method("INVITE")) {
+    record_route();
+    if (has_body("application/sdp")) {
+      if (!rtpproxy_offer()) { sl_send_reply("503", "No relay"); exit; }
+    }
+    t_on_reply("REPLY");
+  }
+  t_relay();
+}
+
+onreply_route[REPLY] {
+  if (has_body("application/sdp")) { rtpproxy_answer(); }
+}
+"""
+
+
+def wait_sip(ns: Netns, addr: tuple[str, int], proc: Proc, timeout: float = 10.0) -> None:
+    s = ns.socket()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.proc.poll() is None, "kamailio exited:\n" + proc.log_text()[-3000:]
+            s.sendto((f"OPTIONS sip:{addr[0]}:{addr[1]} SIP/2.0\r\nVia: SIP/2.0/UDP "
+                      f"127.0.0.1:{s.getsockname()[1]};branch=z9hG4bK{rand_token()}\r\n"
+                      "From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:probe@127.0.0.1>\r\n"
+                      f"Call-ID: {rand_token()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 5\r\n"
+                      "Content-Length: 0\r\n\r\n").encode(), addr)
+            if select.select([s], [], [], 0.2)[0]:
+                return
+        raise AssertionError("kamailio does not answer SIP:\n" + proc.log_text()[-3000:])
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    need_root()
+    ns = Netns("nskr")
+    control = f"udp:127.0.0.1:{random.randrange(20000, 29999)}"
+    relay = kam = None
+    try:
+        text, control = relay_cfg(tmp_path, control=control)
+        relay = start_natserver(ns, text, tmp_path)
+        cfg = tmp_path / "kamailio.cfg"
+        cfg.write_text(CFG % {"modules": MODULES, "sock": control})
+        rundir = tmp_path / "kam"
+        rundir.mkdir()
+        kam = Proc(ns, [KAMAILIO, "-f", str(cfg), "-l", f"udp:{KAM[0]}:{KAM[1]}",
+                        "-Y", str(rundir), "-w", str(rundir), "-DD", "-E", "-m", "32",
+                        "-M", "4"], tmp_path, r"x^")   # ready: when SIP answers
+        wait_sip(ns, KAM, kam)
+        yield ns, relay, kam
+    finally:
+        if kam is not None:
+            kam.stop()
+        if relay is not None:
+            relay.stop()
+        ns.destroy()
+    assert "Traceback" not in relay.log_text(), relay.log_text()[-5000:]
+
+
+def test_kamailio_relays_a_call_through_natservers_relay(lab):
+    ns, relay, kam = lab
+    alice = Phone(ns, "alice", "127.0.0.1", server=KAM)
+    bob = Phone(ns, "bob", "127.0.0.1", server=KAM)
+    try:
+        bob_uri = f"sip:bob@127.0.0.1:{bob.addr[1]}"
+        alice.invite("bob", offer_sdp("127.0.0.1", alice.rtp_port), auth=False, ruri=bob_uri)
+        inv = bob.expect_request("INVITE")
+        offer_seen = Media.of(inv.body)
+        bob.answer(inv, 180, "Ringing")
+        bob.answer(inv, 200, "OK", offer_sdp("127.0.0.1", bob.rtp_port))
+        alice.expect(180)
+        ok = alice.expect(200)
+        answer_seen = Media.of(ok.body)
+        alice.answered(ok, "bob")
+        bob.expect_request("ACK")
+
+        # kamailio rewrote both SDPs to natserver's relay ports
+        rows = ctl_json(relay.cfg_path, "rtp")["sessions"]
+        assert len(rows) == 1, rows
+        row = rows[0]
+        assert row["callid"] == alice.call_id
+        assert sorted(row["ports"]) == sorted([offer_seen.port, answer_seen.port])
+        assert offer_seen.port not in (alice.rtp_port, bob.rtp_port)
+        assert offer_seen.ip == answer_seen.ip == "127.0.0.1"
+
+        got_bob, got_alice = exchange(alice, answer_seen, bob, offer_seen)
+        assert len(got_bob) >= 18 and len(got_alice) >= 18, (len(got_bob), len(got_alice))
+        assert all(len(p) == 172 and p[12:22] == b"from-alice" for p in got_bob)
+        assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
+        deadline = time.monotonic() + 3
+        while True:
+            row = ctl_json(relay.cfg_path, "rtp")["sessions"][0]
+            if min(row["packets"]) >= 18 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert min(row["packets"]) >= 18, row
+
+        alice.bye("bob")
+        bye = bob.expect_request("BYE")
+        bob.answer(bye, 200, "OK")
+        alice.expect(200)
+        deadline = time.monotonic() + 3
+        while ctl_json(relay.cfg_path, "rtp")["sessions"]:
+            assert time.monotonic() < deadline, "rtpproxy_destroy() left the session"
+            time.sleep(0.05)
+    finally:
+        alice.close()
+        bob.close()
