@@ -2,7 +2,8 @@
 (issue 7 acceptance, interop).
 
 natserver runs only its relay (``rtp_relays=1``, a signalling-only cfg) with the
-rtpproxy control socket on ``udp:127.0.0.1:PORT`` (tests/helpers/relayproc.py);
+rtpproxy control socket on ``udp:127.0.0.1:PORT`` or ``unix:PATH`` (kamailio then
+connects once per command, as SER did) (tests/helpers/relayproc.py);
 kamailio's ``rtpproxy_sock`` points at it. kamailio record-routes a call from alice to
 bob (routed by R-URI, no registrar), calls ``rtpproxy_offer()`` on the INVITE,
 ``rtpproxy_answer()`` on the 200 and ``rtpproxy_destroy()`` on the BYE. RTP-sized
@@ -16,7 +17,9 @@ import os
 import random
 import select
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,11 +102,14 @@ def wait_sip(ns: Netns, addr: tuple[str, int], proc: Proc, timeout: float = 10.0
         s.close()
 
 
-@pytest.fixture
-def lab(tmp_path):
+@pytest.fixture(params=["udp", "unix"])
+def lab(request, tmp_path):
     need_root()
     ns = Netns("nskr")
-    control = f"udp:127.0.0.1:{random.randrange(20000, 29999)}"
+    # unix socket paths must stay under 108 bytes: a short directory of our own
+    short = Path(tempfile.mkdtemp(prefix="kr-"))
+    control = (f"udp:127.0.0.1:{random.randrange(20000, 29999)}" if request.param == "udp"
+               else f"unix:{short / 'rtpproxy.sock'}")
     relay = kam = None
     try:
         text, control = relay_cfg(tmp_path, control=control)
@@ -123,6 +129,7 @@ def lab(tmp_path):
         if relay is not None:
             relay.stop()
         ns.destroy()
+        shutil.rmtree(short, ignore_errors=True)
     assert "Traceback" not in relay.log_text(), relay.log_text()[-5000:]
 
 
