@@ -67,7 +67,7 @@ class CallScenario(Scenario):
                               cfg.target if cfg.connect else None)
         self.uas_port = self.uas.getsockname()[1]
         loop.add_reader(self.uas, self._on_uas, cfg.connect)
-        self.setup_reg = Registrar(self, "setup: ")
+        self.setup_reg = Registrar(self, "setup: ", retry_503=3)
         self.calls: dict[bytes, Call] = {}
         self.open = 0
         self.n = 0

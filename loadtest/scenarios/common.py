@@ -226,7 +226,7 @@ class Scenario:
 # -- registration -----------------------------------------------------------------------
 
 class Reg:
-    __slots__ = ("user", "t0", "t_auth", "authed", "on_done", "expires")
+    __slots__ = ("user", "t0", "t_auth", "authed", "on_done", "expires", "retries")
 
     def __init__(self, user: User, now: float, on_done: Any, expires: int) -> None:
         self.user = user
@@ -235,6 +235,7 @@ class Reg:
         self.t_auth = 0.0
         self.authed = False
         self.on_done = on_done
+        self.retries = 0
 
 
 class Registrar:
@@ -245,9 +246,14 @@ class Registrar:
     ``register`` (first request to 200); failures are causes ``REGISTER <status>``,
     ``REGISTER 401 after auth`` (wrong credentials) and ``REGISTER timeout``."""
 
-    def __init__(self, scn: Scenario, cause_prefix: str = "") -> None:
+    def __init__(self, scn: Scenario, cause_prefix: str = "", retry_503: int = 0) -> None:
         self.scn = scn
         self.prefix = cause_prefix
+        # set-up registrations are not what a run measures: a server that sheds load
+        # (503 + Retry-After) gets them again after the time it asked for, up to
+        # ``retry_503`` times each, as RFC 3261 21.5.4 lets a client do
+        self.retry_503 = retry_503
+        self.resend_cb = self._resend
         self.cb = self._on_reply
         self.uri = b"sip:" + scn.domain
         self.head = b"REGISTER %s SIP/2.0\r\nVia: SIP/2.0/UDP %s:%d;branch=z9hG4bK" % (
@@ -307,6 +313,13 @@ class Registrar:
             reg.t_auth = now
             self._send(reg, auth, now)
             return
+        if status == 503 and reg.retries < self.retry_503:
+            reg.retries += 1
+            reg.authed = False
+            c = scn.stats.counters
+            c["setup_retries_503"] = c.get("setup_retries_503", 0) + 1
+            scn.loop.timers.at(now + retry_after(buf), self.resend_cb, reg)
+            return
         if 200 <= status < 300:
             self.h_ok(now - (reg.t_auth or reg.t0))
             self.h_total(now - reg.t0)
@@ -321,6 +334,9 @@ class Registrar:
             cause = "REGISTER " + sipmsg.status_text(buf)
         self._done(reg, False, cause, now)
 
+    def _resend(self, reg: Reg, gen: int, now: float) -> None:
+        self._send(reg, b"", now)
+
     def _done(self, reg: Reg, ok: bool, cause: str, now: float) -> None:
         self.open -= 1
         c = self.scn.stats.counters
@@ -329,6 +345,15 @@ class Registrar:
         else:
             self.scn.stats.fail(self.prefix + cause)
         reg.on_done(reg, ok, now)
+
+
+_RETRY_AFTER = re.compile(rb"^Retry-After[ \t]*:[ \t]*(\d+)", re.M | re.I)
+
+
+def retry_after(buf: bytes, default: float = 1.0, cap: float = 5.0) -> float:
+    """Seconds a 503 asks the client to wait (capped: runs are bounded in time)."""
+    m = _RETRY_AFTER.search(buf)
+    return min(cap, float(m.group(1))) if m else default
 
 
 def free_port_base(ip: str, count: int, tries: int = 50) -> int:

@@ -29,6 +29,7 @@ class Responder:
     drop_first: int = 0            # drop the first N copies of every request (by Via branch)
     silent_every: int = 0          # never answer every Nth new transaction
     qop: bool = False
+    shed_first: int = 0            # answer the first N new REGISTERs 503 + Retry-After: 1
     received: Counter = field(default_factory=Counter)   # by method, retransmissions included
     sent: Counter = field(default_factory=Counter)       # by status
     bad_digest: int = 0
@@ -111,6 +112,9 @@ class Responder:
         if method != b"REGISTER":
             return self._reply(501, b"Not Implemented", copy)
         auth = hdrs.get(b"authorization")
+        if auth is None and self.shed_first and self._seen[key] == self.drop_first + 1:
+            self.shed_first -= 1
+            return self._reply(503, b"Service Unavailable", copy, b"Retry-After: 1\r\n")
         if auth is None:
             nonce = hashlib.sha1(key).hexdigest().encode()
             qop = b', qop="auth"' if self.qop else b""

@@ -139,3 +139,27 @@ def test_command_line_usage_errors():
         done = subprocess.run([sys.executable, "-m", "loadtest", *args], capture_output=True,
                               text=True, env=env, timeout=30)
         assert done.returncode == 2, (args, done.stderr)
+
+
+def test_setup_registrations_shed_with_503_are_sent_again_after_retry_after():
+    users = rule_users(6)                             # 3 callers, 3 callees
+    with Responder(passwords=dict(users), shed_first=2) as resp:
+        stats = run_local(settings(resp, "call", rate=10, max_count=1, duration=0,
+                                   users=users, hold=0.0))
+        resp.drain()
+    c = stats.counters
+    assert c["setup_retries_503"] == 2 == resp.sent[503]
+    assert c["setup_registered"] == 3
+    assert not any(cause.startswith("setup:") for cause in stats.causes), stats.causes
+    # the responder does not do calls: the one call fails, with its own cause
+    assert stats.causes == {"INVITE 501 Not Implemented": 1}
+
+
+def test_measured_registrations_shed_with_503_are_failures_not_retried():
+    users = rule_users(4)
+    with Responder(passwords=dict(users), shed_first=3) as resp:
+        stats = run_local(settings(resp, "register", rate=100, max_count=10, duration=0,
+                                   users=users))
+    assert stats.counters["ok"] == 7
+    assert stats.causes == {"REGISTER 503 Service Unavailable": 3}
+    assert "setup_retries_503" not in stats.counters
