@@ -216,33 +216,25 @@ class NatServer:
 
 
 def parse_rtp_sessions(data: object) -> list[RelaySession]:
-    """`natserverctl rtp --json` -> RelaySession rows. Accepts a list of sessions or
-    {"sessions": [...]}; each session has a call id, and per leg (or per stream) its
-    relay port, packet count and learned peer address."""
-    rows = data.get("sessions", []) if isinstance(data, dict) else data
-    out = []
-    for s in rows or []:
-        if not isinstance(s, dict):
-            continue
-        legs = s.get("legs") or s.get("streams") or []
-        ports, peers, packets = [], [], 0
-        for leg in legs:
-            port = leg.get("port") or leg.get("local_port") or leg.get("relay_port")
-            if port:
-                ports.append(int(port))
-            peer = leg.get("peer") or leg.get("remote") or leg.get("latched")
-            if isinstance(peer, (list, tuple)) and len(peer) == 2:
-                peer = f"{peer[0]}:{peer[1]}"
-            if peer:
-                peers.append(str(peer))
-            packets += int(leg.get("packets") or leg.get("rx_packets") or 0)
-        if not legs:
-            ports = [int(p) for p in s.get("ports", [])]
-            peers = [str(p) for p in s.get("peers", [])]
-            packets = int(s.get("packets", 0))
-        out.append(RelaySession(call_id=str(s.get("call_id") or s.get("callid") or ""),
-                                ports=tuple(ports), packets=packets, peers=tuple(peers)))
-    return out
+    """`natserverctl rtp --json` ({"sessions": [...], "relays": [...]}; one session row
+    per call and media stream) -> one RelaySession per call: the relay ports of every
+    side, the packets the relay received from both sides, and where each side's media
+    goes (the latched address, else the signalled one)."""
+    rows = data.get("sessions", []) if isinstance(data, dict) else []
+    calls: dict[str, RelaySession] = {}
+    for s in rows:
+        callid = str(s.get("callid", ""))
+        latched = s.get("latched") or []
+        signalled = s.get("signalled") or []
+        peers = tuple(lat or (signalled[i] if i < len(signalled) else "")
+                      for i, lat in enumerate(latched))
+        prev = calls.get(callid)
+        ports = tuple(int(p) for p in s.get("ports") or [])
+        packets = sum(int(n) for n in s.get("packets") or [])
+        if prev is not None:
+            ports, packets, peers = prev.ports + ports, prev.packets + packets, prev.peers + peers
+        calls[callid] = RelaySession(call_id=callid, ports=ports, packets=packets, peers=peers)
+    return list(calls.values())
 
 
 def _env() -> dict[str, str]:
