@@ -1,10 +1,10 @@
 """Debian's kamailio (rtpproxy module) relays a call through natserver's relay
 (issue 7 acceptance, interop).
 
-natserver runs only its relay (``rtp_relays=1``, a signalling-only cfg) with the
-rtpproxy control socket on ``udp:127.0.0.1:PORT`` or ``unix:PATH`` (kamailio then
-connects once per command, as SER did) (tests/helpers/relayproc.py);
-kamailio's ``rtpproxy_sock`` points at it. kamailio record-routes a call from alice to
+The relay is natserver's own (``rtp_relays=1``, a signalling-only cfg from
+tests/helpers/relayproc.py) or the standalone ``natserver-rtpproxy`` command, with its
+control socket on ``udp:127.0.0.1:PORT`` or ``unix:PATH`` (kamailio then connects once
+per command, as SER did); kamailio's ``rtpproxy_sock`` points at it. kamailio record-routes a call from alice to
 bob (routed by R-URI, no registrar), calls ``rtpproxy_offer()`` on the INVITE,
 ``rtpproxy_answer()`` on the 200 and ``rtpproxy_destroy()`` on the BYE. RTP-sized
 packets then flow both ways through natserver's relay. All of it runs in a
@@ -17,13 +17,14 @@ import os
 import random
 import select
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.relayproc import Proc, ctl_json, relay_cfg, start_natserver
+from tests.helpers.relayproc import Control, Proc, ctl_json, relay_cfg, start_natserver
 from tests.helpers.server import Netns, need_root
 from tests.helpers.sipclient import rand_token
 from tests.interop.seedcall import Media, Phone, exchange, offer_sdp
@@ -102,18 +103,56 @@ def wait_sip(ns: Netns, addr: tuple[str, int], proc: Proc, timeout: float = 10.0
         s.close()
 
 
-@pytest.fixture(params=["udp", "unix"])
+class Relay:
+    """natserver's relay under test: inside natserver (``rtp_relays=1``, read with
+    natserverctl rtp) or the standalone ``natserver-rtpproxy`` (read with Q)."""
+
+    def __init__(self, ns: Netns, tmp: Path, kind: str, control: str) -> None:
+        self.kind = kind
+        self.control = control
+        if kind == "natserver":
+            text, _ = relay_cfg(tmp, control=control)
+            self.proc = start_natserver(ns, text, tmp)
+            self.query = None
+        else:
+            self.proc = Proc(ns, [sys.executable, "-m", "natserver.rtpproxy_cli", "-l",
+                                  "127.0.0.1", "-s", control, "-m", "31000", "-M", "31199",
+                                  "-F"], tmp, r"ready: control")
+            self.proc.wait_ready()
+            self.query = Control(ns, control)
+
+    def session(self, callid: str, ftag: str, ttag: str) -> dict | None:
+        """{"ports": [...] (natserver only), "packets": [a, b]} or None."""
+        if self.query is None:
+            rows = [r for r in ctl_json(self.proc.cfg_path, "rtp")["sessions"]
+                    if r["callid"] == callid]
+            assert len(rows) <= 1, rows
+            return rows[0] if rows else None
+        reply = self.query(f"Q {callid} {ftag} {ttag}")
+        if reply.startswith("E"):
+            return None
+        _, from_this, from_other = reply.split()[:3]
+        return {"ports": None, "packets": [int(from_this), int(from_other)]}
+
+    def stop(self) -> None:
+        if self.query is not None:
+            self.query.close()
+        self.proc.stop()
+
+
+@pytest.fixture(params=[("natserver", "udp"), ("natserver", "unix"), ("standalone", "udp")],
+                ids=["natserver-udp", "natserver-unix", "natserver-rtpproxy-udp"])
 def lab(request, tmp_path):
     need_root()
+    kind, transport = request.param
     ns = Netns("nskr")
     # unix socket paths must stay under 108 bytes: a short directory of our own
     short = Path(tempfile.mkdtemp(prefix="kr-"))
-    control = (f"udp:127.0.0.1:{random.randrange(20000, 29999)}" if request.param == "udp"
+    control = (f"udp:127.0.0.1:{random.randrange(20000, 29999)}" if transport == "udp"
                else f"unix:{short / 'rtpproxy.sock'}")
     relay = kam = None
     try:
-        text, control = relay_cfg(tmp_path, control=control)
-        relay = start_natserver(ns, text, tmp_path)
+        relay = Relay(ns, tmp_path, kind, control)
         cfg = tmp_path / "kamailio.cfg"
         cfg.write_text(CFG % {"modules": MODULES, "sock": control})
         rundir = tmp_path / "kam"
@@ -130,7 +169,7 @@ def lab(request, tmp_path):
             relay.stop()
         ns.destroy()
         shutil.rmtree(short, ignore_errors=True)
-    assert "Traceback" not in relay.log_text(), relay.log_text()[-5000:]
+    assert "Traceback" not in relay.proc.log_text(), relay.proc.log_text()[-5000:]
 
 
 def test_kamailio_relays_a_call_through_natservers_relay(lab):
@@ -151,12 +190,12 @@ def test_kamailio_relays_a_call_through_natservers_relay(lab):
         bob.expect_request("ACK")
 
         # kamailio rewrote both SDPs to natserver's relay ports
-        rows = ctl_json(relay.cfg_path, "rtp")["sessions"]
-        assert len(rows) == 1, rows
-        row = rows[0]
-        assert row["callid"] == alice.call_id
-        assert sorted(row["ports"]) == sorted([offer_seen.port, answer_seen.port])
+        session = relay.session(alice.call_id, alice.tag, bob.tag)
+        assert session is not None, kam.log_text()[-3000:]
+        if session["ports"] is not None:
+            assert sorted(session["ports"]) == sorted([offer_seen.port, answer_seen.port])
         assert offer_seen.port not in (alice.rtp_port, bob.rtp_port)
+        assert answer_seen.port not in (alice.rtp_port, bob.rtp_port, offer_seen.port)
         assert offer_seen.ip == answer_seen.ip == "127.0.0.1"
 
         got_bob, got_alice = exchange(alice, answer_seen, bob, offer_seen)
@@ -165,20 +204,22 @@ def test_kamailio_relays_a_call_through_natservers_relay(lab):
         assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
         deadline = time.monotonic() + 3
         while True:
-            row = ctl_json(relay.cfg_path, "rtp")["sessions"][0]
-            if min(row["packets"]) >= 18 or time.monotonic() > deadline:
+            session = relay.session(alice.call_id, alice.tag, bob.tag)
+            if min(session["packets"]) >= 18 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert min(row["packets"]) >= 18, row
+        assert min(session["packets"]) >= 18, session
 
         alice.bye("bob")
         bye = bob.expect_request("BYE")
         bob.answer(bye, 200, "OK")
         alice.expect(200)
         deadline = time.monotonic() + 3
-        while ctl_json(relay.cfg_path, "rtp")["sessions"]:
+        while relay.session(alice.call_id, alice.tag, bob.tag) is not None:
             assert time.monotonic() < deadline, "rtpproxy_destroy() left the session"
             time.sleep(0.05)
+        got_bob, got_alice = exchange(alice, answer_seen, bob, offer_seen, 5)
+        assert got_bob == [] and got_alice == []
     finally:
         alice.close()
         bob.close()
