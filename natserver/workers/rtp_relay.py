@@ -32,6 +32,7 @@ A relay process (:class:`Relay`, :func:`main`):
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -67,6 +68,10 @@ SOCKET_MODE = 0o666       # SER/Kamailio may run as another user (rtpproxy -s mo
 
 class PlaneError(Exception):
     """The relays cannot be set up (start-up error, the message says why)."""
+
+
+class ControlInUse(PlaneError):
+    """Someone else serves the control socket (a running rtpproxy, another server)."""
 
 
 # ---- the plane: made once, before fork ------------------------------------------------
@@ -155,7 +160,8 @@ def open_control(text: str) -> Control | None:
         sock.bind((spec.address, spec.port))
     except OSError as exc:
         sock.close()
-        raise PlaneError(f"cannot bind rtpproxy control socket {text}: {exc.strerror}") from None
+        error = ControlInUse if exc.errno == errno.EADDRINUSE else PlaneError
+        raise error(f"cannot bind rtpproxy control socket {text}: {exc.strerror}") from None
     sock.setblocking(False)
     return Control("udp", spec.address, spec.port, sock)
 
@@ -169,7 +175,7 @@ def _listen_unix(path: str) -> socket.socket:
         except OSError:
             pass  # nobody listens: a stale socket file
         else:
-            raise PlaneError(f"rtpproxy control socket {path} is in use (another rtpproxy?)")
+            raise ControlInUse(f"rtpproxy control socket {path} is in use (another rtpproxy?)")
         finally:
             probe.close()
         try:
@@ -207,14 +213,29 @@ def open_plane(*, count: int, port_min: int, port_max: int, ip: str, advertise: 
 
 
 def plane_from_cfg(cfg: Any, modules: dict[str, Any]) -> Plane | None:
-    """The plane a natserver cfg asks for; None with ``rtp_relays=0``."""
+    """The plane a natserver cfg asks for, or None: with ``rtp_relays=0``, without a
+    control socket (no ``rtp_control_sock`` and no nathelper ``rtpproxy_sock``: nothing
+    could create a session), or when another process serves that socket (a running
+    rtpproxy or rtpengine: nathelper talks to it). In the last two cases
+    ``cfg.rtp_relays`` is set to 0, so every process plans the same slots."""
     if int(cfg.rtp_relays) <= 0:
         return None
     host = cfg.listens()[0][0]
     text = control_spec(cfg, modules)
     if not text:
-        log.warning("rtp relays have no control socket (rtpproxy_sock/rtp_control_sock "
-                    "empty): nothing can create sessions")
+        log.info("no rtpproxy control socket configured: built-in RTP relays not started")
+        cfg.rtp_relays = 0
+        return None
+    try:
+        return _plane_from_cfg(cfg, host, text)
+    except ControlInUse as exc:
+        log.warning("%s: built-in RTP relays not started, nathelper uses the relay that "
+                    "serves it", exc)
+        cfg.rtp_relays = 0
+        return None
+
+
+def _plane_from_cfg(cfg: Any, host: str, text: str) -> Plane:
     return open_plane(count=int(cfg.rtp_relays), port_min=int(cfg.rtp_port_min),
                       port_max=int(cfg.rtp_port_max), ip=host,
                       advertise=cfg.rtp_advertise or ("" if host in ("0.0.0.0", "::") else host),

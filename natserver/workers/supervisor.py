@@ -238,15 +238,15 @@ class Supervisor:
         ctx.set_modules(self.script.modules)
         ctx.proc = Proc("supervisor", 0, 1, 0)
         self.ctx = ctx
+        from natserver.workers import rtp_relay
+        try:  # before the slots: it may turn the relays off (rtp_relays=0)
+            self.plane = rtp_relay.plane_from_cfg(cfg, self.script.modules)
+        except rtp_relay.PlaneError as exc:
+            raise StartupError(str(exc)) from None
         self.slots = [Slot(p) for p in plan(cfg) if p.index > 0]
         self._build_tables(ctx)
         for module in self.script.modules.values():
             module.init(ctx)
-        from natserver.workers import rtp_relay
-        try:
-            self.plane = rtp_relay.plane_from_cfg(cfg, self.script.modules)
-        except rtp_relay.PlaneError as exc:
-            raise StartupError(str(exc)) from None
         from natserver.workers import ctl
         try:
             self.ends = ctl.open_endpoints(cfg)

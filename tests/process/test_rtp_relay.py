@@ -191,3 +191,24 @@ def test_control_socket_defaults_to_nathelpers_first_rtpproxy_sock(ns, tmp_path)
         ctl.close()
         assert srv.stop() == 0
     assert not path.exists(), "the supervisor left the control socket behind"
+
+
+def test_a_control_socket_served_by_someone_else_leaves_the_relays_off(ns, tmp_path):
+    """Another rtpproxy already serves the socket: the SIP server still starts (its
+    nathelper talks to that relay), without relay processes, and says why."""
+    first, ctl = server(ns, tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg, _ = relay_cfg(other, control=ctl.spec)
+    second = start_natserver(ns, cfg, other)
+    try:
+        assert not [t for t in second.children() if "rtp relay" in t]
+        assert "built-in RTP relays not started" in second.log_text()
+        assert ctl("V") == "20040107"                  # still the first server's relays
+        assert ctl_json(second.cfg_path, "ps")
+        assert second.stop() == 0
+        assert ctl("V") == "20040107"                  # the second did not unlink it
+    finally:
+        second.stop()
+        ctl.close()
+        first.stop()
