@@ -664,9 +664,15 @@ class Nathelper(Module):
         client = self.client
         if client is not None and self.client_pid == os.getpid():
             return client
-        if not self.relay_spec:
+        spec = self.relay_spec
+        if not spec:
+            # rtpproxy_sock set to "": the built-in relays' own socket, if there are any
+            cfg = m.ctx.cfg
+            if int(getattr(cfg, "rtp_relays", 0) or 0) > 0:
+                spec = str(getattr(cfg, "rtp_control_sock", "") or "")
+        if not spec:
             return None
-        relays = RelaySet.from_spec(self.relay_spec, self.disable_tout)
+        relays = RelaySet.from_spec(spec, self.disable_tout)
         self.client = client = BlockingClient(relays, timeout=self.rtp_timeout,
                                               retries=self.rtp_retries, clock=m.ctx.mono)
         self.client_pid = os.getpid()
@@ -938,7 +944,9 @@ PARAMS = (
           doc="accepted for SER/Kamailio cfgs; natserver always stores received"),
     # RTP proxy (the relay wiring reads these)
     Param("rtpproxy_sock", str, "unix:/var/run/rtpproxy.sock", check=as_str,
-          doc="rtpproxy control socket(s); natserver's own relays when unset"),
+          doc="rtpproxy control socket(s) with =weights; the built-in relays serve the "
+              "first (or rtp_control_sock); \"\" = rtp_control_sock when rtp_relays > 0, "
+              "else no relay"),
     Param("rtpproxy_tout", int, 1, check=int_range(0, 3600),
           doc="seconds to wait for an rtpproxy answer"),
     Param("rtpproxy_retr", int, 5, check=int_range(0, 100),

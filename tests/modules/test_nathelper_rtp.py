@@ -428,3 +428,21 @@ def test_null_reply_address_is_not_advertised(relay, rig):
     m, out = g.request(message(body=sdp(8000)))
     assert m.flags & 2
     assert body_of(out)[1].session_conn.addr == LOCAL[0].encode()
+
+
+@pytest.mark.parametrize("relays", [1, 0])
+def test_empty_rtpproxy_sock_means_the_builtin_relays_socket(relay, tmp_path, relays):
+    r = relay()
+    head = HEAD.replace("children=1", f'children=1\nrtp_relays={relays}\n'
+                                      f'rtp_control_sock="{r.url}"')
+    h = NatHarness(head + CFG % {"sock": "", "retr": 1}, tmp_path)
+    try:
+        m = h.msgctx(message(body=sdp(8000)), ("127.0.0.1", 5062))
+        h.script.run_request(m)
+        assert bool(m.flags & 2) == bool(relays)
+        assert len(r.sent(b"U")) == relays
+    finally:
+        nh = h.module("nathelper")
+        if nh.client is not None:
+            nh.client.close()
+        h.close()
