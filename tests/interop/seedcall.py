@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import select
-import socket
 import struct
 import subprocess
 import sys
@@ -47,10 +46,13 @@ def rtp(seq: int, tag: bytes = b"") -> bytes:
             + (tag + bytes(PAYLOAD))[:PAYLOAD])
 
 
-def offer_sdp(ip: str, port: int, version: int = 1) -> bytes:
-    return (f"v=0\r\no=- 4711 {version} IN IP4 {ip}\r\ns=call\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
+def offer_sdp(ip: str, port: int, version: int = 1, *, hold: bool = False) -> bytes:
+    """An audio offer/answer; ``hold``: old-style hold (c=0.0.0.0, a=sendonly)."""
+    c = "0.0.0.0" if hold else ip
+    direction = "sendonly" if hold else "sendrecv"
+    return (f"v=0\r\no=- 4711 {version} IN IP4 {ip}\r\ns=call\r\nc=IN IP4 {c}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n"
-            f"a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na=sendrecv\r\n").encode()
+            f"a=rtpmap:101 telephone-event/8000\r\na=ptime:20\r\na={direction}\r\n").encode()
 
 
 @dataclass
@@ -61,6 +63,12 @@ class Media:
     port: int
     marker: bool
     raw: bytes = b""
+
+    @property
+    def direction(self) -> str:
+        m = re.search(r"(?m)^a=(sendrecv|sendonly|recvonly|inactive)\r?$",
+                      self.raw.decode("latin-1"))
+        return m.group(1) if m else "sendrecv"
 
     @classmethod
     def of(cls, body: bytes) -> Media:
@@ -312,14 +320,17 @@ def seed_call(a: Phone, b: Phone) -> Call:
     return Call(a, b, Media.of(inv.body), Media.of(ok.body))
 
 
-def reinvite(call: Call, new_port_socket: socket.socket | None = None,
-             version: int = 2) -> Call:
-    """The caller re-INVITEs in the dialog (the seed: force_rtp_proxy("l")); the callee
-    answers with its SDP again."""
+def reinvite(call: Call, version: int = 2, *, hold: bool = False) -> Call:
+    """The caller re-INVITEs in the dialog (the seed: force_rtp_proxy("l")), putting
+    the call on hold (c=0.0.0.0, a=sendonly) with ``hold``; the callee answers with its
+    SDP (recvonly when held)."""
     a, b = call.caller, call.callee
-    a.invite(b.user, offer_sdp(a.private_ip, a.rtp_port, version))
+    a.invite(b.user, offer_sdp(a.private_ip, a.rtp_port, version, hold=hold))
     inv = b.expect_request("INVITE")
-    b.answer(inv, 200, "OK", offer_sdp(b.private_ip, b.rtp_port, version))
+    answer = offer_sdp(b.private_ip, b.rtp_port, version)
+    if hold:
+        answer = answer.replace(b"a=sendrecv", b"a=recvonly")
+    b.answer(inv, 200, "OK", answer)
     ok = a.expect(200)
     a.answered(ok, b.user)
     b.expect_request("ACK")

@@ -5,8 +5,9 @@ small port range; two phones behind a "NAT" (private Contact and SDP, sending fr
 
 Checked: force_rtp_proxy on the INVITE and the 200 made one relay session; the SDP
 each side received points at the relay; RTP-sized packets go through both ways; the
-re-INVITE (force_rtp_proxy("l")) keeps the ports; the BYE (unforce_rtp_proxy) frees the
-session and its ports.
+re-INVITE (force_rtp_proxy("l")) keeps the ports, also for hold (c=0.0.0.0 reaches
+the other side unchanged) and resume; the BYE (unforce_rtp_proxy) frees the session
+and its ports.
 """
 
 from __future__ import annotations
@@ -75,6 +76,23 @@ def test_seed_call_through_the_builtin_relay(lab):
         assert len(sessions(server)) == 1
         got_bob, got_alice = exchange(alice, again.answer_seen, bob, again.offer_seen, 10)
         assert len(got_bob) >= 8 and len(got_alice) >= 8
+
+        # hold (c=0.0.0.0, a=sendonly): the null address reaches bob, the port stays
+        held = reinvite(call, 3, hold=True)
+        assert held.offer_seen.ip == "0.0.0.0" and held.offer_seen.direction == "sendonly"
+        assert held.offer_seen.port == call.offer_seen.port and held.offer_seen.marker
+        assert held.answer_seen.ip == "127.0.0.1"
+        assert held.answer_seen.port == call.answer_seen.port
+        assert held.answer_seen.direction == "recvonly"
+        # on hold alice still sends (sendonly) and bob hears her through the relay
+        got_bob, _ = exchange(alice, held.answer_seen, bob, call.offer_seen, 5)
+        assert len(got_bob) >= 4
+        resumed = reinvite(call, 4)
+        assert resumed.offer_seen.ip == "127.0.0.1"
+        assert resumed.offer_seen.port == call.offer_seen.port
+        got_bob, got_alice = exchange(alice, resumed.answer_seen, bob, resumed.offer_seen, 10)
+        assert len(got_bob) >= 8 and len(got_alice) >= 8
+        assert len(sessions(server)) == 1
 
         hang_up(call)
         deadline = time.monotonic() + 3
