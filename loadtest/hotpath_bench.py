@@ -405,14 +405,17 @@ def do_call(server: Server, meter: Meter, uac: Uac, i: int) -> None:
 
 
 def register_callees(server: Server, uac: Uac) -> None:
-    """Every callee bound at the UAS address (the call scenario's prepare phase)."""
+    """Every callee bound at the UAS address (the call scenario's prepare phase). Sent
+    from the UAC socket, as the generator sends them: from the UAS address, with the
+    UAC's port in Via, nat_uac_test("19") saw a NAT, the bindings kept the NAT flag and
+    every call took route[4] and force_rtp_proxy, which the generator's calls do not."""
     meter = Meter(server)
     for n in range(USERS // 2 + 1, USERS + 1):
         name, pw = user(n)
-        out = meter.feed("REGISTER", uac.register(name, UAS[1]), UAS)
+        out = meter.feed("REGISTER", uac.register(name, UAS[1]), UAC)
         auth = uac.authorization(b"Authorization", out[1], 401, name, pw, b"REGISTER",
                                  uac.reg_uri)
-        expect(meter.feed("REGISTER", uac.register(name, UAS[1], auth), UAS),
+        expect(meter.feed("REGISTER", uac.register(name, UAS[1], auth), UAC),
                b"SIP/2.0 100", b"SIP/2.0 200")
 
 
