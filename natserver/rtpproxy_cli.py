@@ -124,8 +124,10 @@ class RelaySupervisor:
     def spawn(self, slot: int) -> None:
         assert self.ctx is not None and self.plane is not None
         proc = Proc(RTP_RELAY, slot, self.count, slot)
+        # the children must not hold the start-up pipe: the waiting parent reads to EOF
+        fds = tuple(fd for fd in (self.wake_r, self.wake_w, self.notifier.fd) if fd >= 0)
         spec = ChildSpec(proc=proc, parent=self.pid, board=self.ctx.tables.procs,
-                         close_fds=(self.wake_r, self.wake_w), log_args=dict(self.log_args),
+                         close_fds=fds, log_args=dict(self.log_args),
                          extra={"rtp": self.plane})
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         try:

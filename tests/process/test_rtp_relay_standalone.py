@@ -127,3 +127,28 @@ def test_kill9_of_a_standalone_relay_is_respawned(ns, tmp_path):
         b.close()
         ctl.close()
         p.stop()
+
+
+def test_daemon_mode_returns_when_ready_and_stops_on_sigterm(ns, tmp_path):
+    """Without -F it detaches; the command returns 0 once the relays run (the start-up
+    pipe is not held by the relay children), and SIGTERM stops everything."""
+    import subprocess
+    import time
+
+    from tests.helpers.relayproc import ENV
+    pidfile = tmp_path / "rtpp.pid"
+    path = tmp_path / "rtpp.sock"
+    done = subprocess.run(ns.cmd(sys.executable, "-m", "natserver.rtpproxy_cli", "-l", "127.0.0.1",
+                                 "-s", f"unix:{path}", "-m", "31000", "-M", "31099",
+                                 "-p", str(pidfile)),
+                          env=ENV, timeout=20, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    pid = int(pidfile.read_text())
+    try:
+        assert Control(ns, f"unix:{path}")("V") == "20040107"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (path.exists() or pidfile.exists()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not path.exists() and not pidfile.exists()
