@@ -163,7 +163,11 @@ def test_ctl_rtp_lists_sessions_counters_and_relay_load(ns, tmp_path):
         assert sum(r["sessions"] for r in relays.values()) == 1
         assert all(r["ports_free"] > 0 for r in relays.values())
         text = ctl_text(srv.cfg_path, "rtp")
+        print(text)
         assert "ctl-call" in text and "127.0.0.1:%d" % a.getsockname()[1] in text
+        ps = {row["title"]: row for row in ctl_json(srv.cfg_path, "ps")}
+        for k in (1, 2):
+            assert ps[f"natserver: rtp relay {k}/2"]["pid"] == relays[k]["pid"] > 0
     finally:
         a.close()
         b.close()

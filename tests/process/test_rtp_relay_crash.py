@@ -31,7 +31,7 @@ from tests.helpers.relayproc import (
     seq_of,
     start_natserver,
 )
-from tests.helpers.server import Netns, need_root
+from tests.helpers.server import Netns, need_root, run_in_netns
 
 
 @pytest.fixture
@@ -223,6 +223,51 @@ def test_kill9_of_the_relay_mid_stream_resumes_within_a_second(ns, tmp_path, rel
             print(f"{key}: {len(times)} packets, longest gap {worst * 1000:.0f} ms")
             assert worst < 1.0, f"{key}: longest gap {worst:.3f} s"
         assert "rebound 1 session" in srv.log_text()
+    finally:
+        a.close()
+        b.close()
+        ctl.close()
+        srv.stop()
+
+
+def test_many_calls_over_two_relays_leave_no_port_bound(ns, tmp_path):
+    """U, L, media, D for 30 calls with commands landing on either relay: afterwards no
+    session is left and every port of the range can be bound again (no leak in the
+    cross-relay delete path)."""
+    import socket
+    cfg, spec = relay_cfg(tmp_path, relays=2, control="udp:127.0.0.1:7722")
+    srv = start_natserver(ns, cfg, tmp_path)
+    ctl = Control(ns, spec)
+    a, b = ns.socket(), ns.socket()
+    a.settimeout(1.0)
+    b.settimeout(1.0)
+    try:
+        pa, pb = a.getsockname()[1], b.getsockname()[1]
+        for i in range(30):
+            to_b = port_of(ctl(f"U many-{i} 127.0.0.1 {pa} ft"))
+            to_a = port_of(ctl(f"L many-{i} 127.0.0.1 {pb} ft tt"))
+            a.sendto(rtp(i), ("127.0.0.1", to_a))
+            b.sendto(rtp(i), ("127.0.0.1", to_b))
+            assert seq_of(b.recv(2048)) == i and seq_of(a.recv(2048)) == i, f"call {i}"
+            assert ctl(f"D many-{i} ft tt") == "0"
+        from tests.helpers.relayproc import PORT_MAX, PORT_MIN, ctl_json
+        assert ctl_json(srv.cfg_path, "rtp")["sessions"] == []
+        def bound_ports() -> list[int]:
+            busy = []
+            for port in range(PORT_MIN, PORT_MAX + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                    try:
+                        probe.bind(("127.0.0.1", port))
+                    except OSError:
+                        busy.append(port)
+            return busy
+
+        deadline = time.monotonic() + 3
+        busy = run_in_netns(ns.name, bound_ports)
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+            busy = run_in_netns(ns.name, bound_ports)
+        assert busy == []
     finally:
         a.close()
         b.close()
