@@ -338,7 +338,11 @@ class Relay:
         self.engine.poll(wait)
         now = self.clock()
         if now >= self.next_write:
-            self.housekeeping(now)
+            try:
+                self.housekeeping(now)
+            except Exception:  # a bug here must not drop every call's media with the process
+                self.next_write = now + WRITE_BACK
+                log.exception("rtp relay %d: housekeeping failed", self.slot)
 
     def housekeeping(self, now: float) -> None:
         self.next_write = now + WRITE_BACK
@@ -512,7 +516,10 @@ class Relay:
             except (BlockingIOError, InterruptedError):
                 break
         for callid in callids:
-            self.reconcile_call(callid)
+            try:
+                self.reconcile_call(callid)
+            except Exception:  # see step()
+                log.exception("rtp relay %d: reconciling %r failed", self.slot, callid[:80])
 
     def _on_datagram(self, now: float) -> None:
         control = self.plane.control
