@@ -137,8 +137,10 @@ def test_a_relay_that_restarts_rebinds_its_sessions(pair):
 
 # ---- processes ------------------------------------------------------------------------
 
-def test_two_relay_processes_share_sessions(ns, tmp_path):
-    cfg, spec = relay_cfg(tmp_path, relays=2, control="udp:127.0.0.1:7722")
+@pytest.mark.parametrize("kind", ["udp", "unix"])
+def test_two_relay_processes_share_sessions(ns, tmp_path, kind):
+    control = "udp:127.0.0.1:7722" if kind == "udp" else f"unix:{tmp_path / 'rtp.sock'}"
+    cfg, spec = relay_cfg(tmp_path, relays=2, control=control)
     srv = start_natserver(ns, cfg, tmp_path)
     ctl = Control(ns, spec)
     socks = []
