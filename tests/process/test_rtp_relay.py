@@ -69,6 +69,7 @@ def test_relay_forwards_both_ways_and_d_frees_the_ports(ns, tmp_path, kind):
         assert src == ("127.0.0.1", to_b)
         assert ctl("D call-1 fromtag totag") == "0"
         assert ctl("D call-1 fromtag totag") == "E50"         # unknown now
+        assert ctl_json(srv.cfg_path, "rtp")["sessions"] == []
         # the ports are free again: anyone may bind them
         for port in (to_a, to_b, to_a + 1, to_b + 1):
             probe = ns.socket(bind=None)
