@@ -14,8 +14,11 @@ The signal is how long a datagram waited: the kernel stamps each one on arrival
 milliseconds (``recvmsg`` for that one, plain ``recvfrom`` for the rest). The fill of
 the receive buffer was tried first: Linux releases UDP receive memory in chunks of a
 quarter of the buffer, so the fill stays high long after the queue has drained.
-Hysteresis: shedding starts when a datagram waited more than ``load_shed`` ms and
-stops when one waited less than half of that.
+Shedding starts when two datagrams read at least ``SHED_CHECK`` apart both waited more
+than ``load_shed`` ms with no empty queue between them - a worker that was merely not
+scheduled for a while finds a few old datagrams and an empty queue right after, which
+is no overload - and stops when one waited less than half of that, or the queue ran
+empty (hysteresis: the answer does not flap on every packet).
 
 Sans-IO: :class:`Shedder` is fed delays; the two socket helpers are for the worker.
 """
@@ -56,19 +59,29 @@ def recv_stamped(sock: socket.socket, size: int) -> tuple[bytes, tuple, float | 
 class Shedder:
     """Is the server shedding load now, and does this request get shed?"""
 
-    __slots__ = ("high", "low", "retry_after", "shedding", "shed")
+    __slots__ = ("high", "low", "retry_after", "shedding", "late", "shed")
 
     def __init__(self, high_ms: int, retry_after: int) -> None:
         self.high = high_ms / 1000.0
         self.low = self.high / 2
         self.retry_after = retry_after
         self.shedding = False
+        self.late = False  # the last reading was over ``high``
         self.shed = 0  # requests answered 503 by this process
 
     def observe(self, waited: float) -> bool:
         """Feed how long one datagram waited (s); returns whether shedding is on."""
-        self.shedding = waited > (self.low if self.shedding else self.high)
+        if self.shedding:
+            self.shedding = self.late = waited > self.low
+        else:
+            late = waited > self.high
+            self.shedding = late and self.late
+            self.late = late
         return self.shedding
+
+    def drained(self) -> None:
+        """The queue ran empty: no backlog, whatever the last datagram had waited."""
+        self.shedding = self.late = False
 
     def sheds(self, msg: Message) -> bool:
         """Shedding is on and ``msg`` starts something new (no To-tag, not ACK/CANCEL)."""

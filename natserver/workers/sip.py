@@ -100,7 +100,7 @@ def serve(ctx: Context, sock: socket.socket, stopping: Callable[[], bool],
                 now = time.time()
         except BlockingIOError:
             if shedder is not None:
-                shedder.observe(0.0)  # the queue is empty: stop shedding
+                shedder.drained()
             poller.poll(wait * 1000.0)
             wait = _tick(tick)
             continue

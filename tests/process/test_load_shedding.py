@@ -31,7 +31,7 @@ route {{
   sl_send_reply("200", "OK");
 }}
 """
-BURST = 400
+BURST = 1200
 STOPPED = 0.6  # s the worker stays stopped: the burst waits longer than load_shed
 
 

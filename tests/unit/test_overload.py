@@ -16,17 +16,29 @@ def msg(method: str, to_tag: str = "") -> Message:
         "Content-Length: 0\r\n\r\n").encode())
 
 
-def test_starts_above_high_and_stops_below_half_of_it():
+def test_starts_after_two_late_readings_and_stops_below_half():
     s = Shedder(200, 5)
     assert not s.observe(0.199)
-    assert s.observe(0.201)
+    assert not s.observe(0.201)  # one late datagram: maybe the worker was not scheduled
+    assert s.observe(0.250)  # still late a while later: a backlog
     assert s.observe(0.150)  # between low and high: still shedding (hysteresis)
     assert not s.observe(0.099)
     assert not s.observe(0.150)  # below high again: not restarted
 
 
+def test_an_empty_queue_between_late_readings_is_no_backlog():
+    s = Shedder(200, 5)
+    s.observe(0.3)
+    s.drained()
+    assert not s.observe(0.3)
+    assert s.observe(0.3)
+    s.drained()
+    assert not s.shedding
+
+
 def test_only_new_requests_are_shed():
     s = Shedder(200, 5)
+    s.observe(0.5)
     s.observe(0.5)
     assert s.sheds(msg("INVITE")) and s.sheds(msg("REGISTER")) and s.sheds(msg("OPTIONS"))
     assert not s.sheds(msg("ACK")) and not s.sheds(msg("CANCEL"))
@@ -42,6 +54,7 @@ def test_nothing_is_shed_while_the_queue_is_short():
 
 def test_a_broken_to_header_is_left_to_the_script():
     s = Shedder(200, 5)
+    s.observe(0.5)
     s.observe(0.5)
     broken = Message.parse(
         b"INVITE sip:a@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKx\r\n"
