@@ -153,18 +153,16 @@ class NatServer:
     def start(self, topo: Topology, host: Host, *, natping_interval: int = 0) -> None:
         self.topo, self.host = topo, host
         cfg = self._write_cfg(natping_interval, host.ip)
-        check = subprocess.run([sys.executable, "-m", "natserver", "-c", "-f", str(cfg)],
-                               capture_output=True, text=True, cwd=str(ROOT), env=_env(),
-                               timeout=30)
-        if check.returncode != 0:
-            raise RuntimeError(f"natserver -c rejected the cfg: {check.stderr.strip()}")
         self.ctl("db", "init")
         f = open(self.log_path, "wb")
         self.logs.append(f)
         self.proc = topo.spawn(host, [sys.executable, "-m", "natserver", "-f", str(cfg),
                                       "-D", "-E"],
                                stdout=f, env=_env(), cwd=str(self.workdir))
-        wait_sip_ready(topo, host, host.ip, timeout=15.0, proc=self.proc)
+        try:
+            wait_sip_ready(topo, host, host.ip, timeout=15.0, proc=self.proc)
+        except (RuntimeError, TimeoutError) as e:  # a cfg error is on the log's last lines
+            raise RuntimeError(f"{e}\n{self.log_text()[-3000:]}") from None
 
     def provision(self, user: str, password: str) -> None:
         assert self.host is not None

@@ -1,8 +1,9 @@
 """NAT scenarios of issue 9: calls through real NAT routers with real user agents.
 
-They run against natserver (the seed's cfg) once its ServerUnderTest is registered in
-tests/nat/conftest.py, and are skipped until then. `NATTEST_SERVER=reference` runs the
-very same scenarios against kamailio + rtpengine, which proves the tests themselves.
+They run against natserver with conf/natserver.cfg (tests/helpers/natserver_sut.py).
+`NATTEST_SERVER=reference` runs the very same scenarios against kamailio + rtpengine,
+which proves the tests themselves; test_nat_controls.py shows they fail without the
+relay.
 """
 
 from __future__ import annotations
@@ -167,17 +168,22 @@ def test_hold_resume_keeps_relay_session(nat_lab, scenario_server) -> None:
 
 
 def test_sip_alg_router_call(nat_lab, scenario_server) -> None:
-    """A router whose SIP ALG rewrites Contact, Via and SDP: the call still works."""
+    """A router whose SIP ALG rewrites Contact, Via and SDP: calls from behind it and
+    to a phone behind it still work, with audio both ways."""
     topo = nat_lab.network([NatMode.ALG, NatMode.MASQ])
     server = nat_lab.start_server(scenario_server)
     a, b = nat_lab.baresip("ua1"), nat_lab.baresip("ua2")
     regs = {r.aor: r for r in server.registrations()}
     assert topo.router("nat1").wan_ip in regs["ua1"].contact, \
         f"the ALG did not rewrite the Contact: {regs['ua1']}"
-    sessions = nat_lab.call(a, b)
-    assert sessions, "the call to the NATed callee was not relayed"
-    nat_lab.assert_heard(a, b)
-    nat_lab.assert_heard(b, a)
+    for k, (caller, callee) in enumerate(((a, b), (b, a)), 1):
+        sessions = nat_lab.call(caller, callee)
+        assert sessions, f"the call {caller.config.user} -> {callee.config.user} was not relayed"
+        for ua in (a, b):  # so that assert_heard reads this call's stats, not the last's
+            assert len(ua.rtp_stats(calls=k)) == k, ua.rtp_stats(calls=k)
+        nat_lab.assert_heard(caller, callee)
+        nat_lab.assert_heard(callee, caller)
+        nat_lab.wait_relay_released()
 
 
 def test_rebinding_healed_by_next_register(nat_lab, scenario_server) -> None:
