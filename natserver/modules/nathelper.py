@@ -556,6 +556,7 @@ class Nathelper(Module):
         self.client: BlockingClient | None = None
         self.client_pid = 0
         self.burst = Burst()
+        self.relay_warned = False
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -678,12 +679,15 @@ class Nathelper(Module):
         self.client_pid = os.getpid()
         return client
 
-    def force_rtp_proxy(self, m: MsgCtx, flags: str = "", ip: str = "") -> int:
+    def force_rtp_proxy(self, m: MsgCtx, flags: RtpFlags | None = None, ip: str = "") -> int:
         client = self.rtp_client(m)
         if client is None:
-            self.burst.note(m.ctx.mono(), "force_rtp_proxy(): rtpproxy_sock is empty")
+            if not self.relay_warned:
+                self.relay_warned = True
+                log.warning("nathelper: force_rtp_proxy(): no relay (rtpproxy_sock is "
+                            "empty and there are no built-in relays); returning -1")
             return -1
-        return force_rtp_proxy(m, client, RtpFlags.parse(flags), ip, self.burst)
+        return force_rtp_proxy(m, client, flags or NO_FLAGS, ip, self.burst)
 
     def unforce_rtp_proxy(self, m: MsgCtx) -> int:
         client = self.rtp_client(m)
@@ -751,6 +755,9 @@ class RtpFlags:
         # c (session c= too) needs no modifier: natserver always rewrites the session c=
         return (("A" if self.asymmetric else "") + ("S" if self.symmetric else "")
                 + self.bridge + ("6" if ipv6 else ""))
+
+
+NO_FLAGS = RtpFlags()
 
 
 def _sdp_of(m: MsgCtx, name: str) -> sdp.Sdp | None:
@@ -904,12 +911,14 @@ _ROUTES_FIX = RouteType.REQUEST | RouteType.ONREPLY | RouteType.BRANCH
 _ROUTES_RTP = RouteType.REQUEST | RouteType.ONREPLY | RouteType.FAILURE | RouteType.BRANCH
 
 
-def _rtp_flags(value: Any) -> str:
+def _rtp_flags(value: Any) -> RtpFlags:
+    """Fixup of force_rtp_proxy's flags: parsed once, unknown letters refused at start."""
     text = as_str(value)
     bad = set(text.lower()) - set(RTP_FLAGS)
     if bad:
         raise ValueError(f"force_rtp_proxy: unknown flags {''.join(sorted(bad))!r}")
-    return text
+    return RtpFlags.parse(text)
+
 
 FUNCTIONS = (
     Function("nat_uac_test", Nathelper.nat_uac_test, args=(nat_tests,), routes=RouteType.ANY,

@@ -151,7 +151,8 @@ def test_flags_to_modifiers():
 
 
 def test_unknown_flag_is_refused_at_start():
-    assert _rtp_flags("lraifeocw") == "lraifeocw"
+    assert _rtp_flags("LR") == RtpFlags(lookup=True, trust_sdp=True)
+    assert _rtp_flags("lraifeocw").bridge == "IE"
     with pytest.raises((ValueError, CfgError)):
         _rtp_flags("lz")
 
