@@ -173,6 +173,18 @@ class Phone:
                 f"{self.user}: expected {status}, got {msg.first}"
             return msg
 
+    def expect_final(self, status: int, timeout: float = 3.0) -> Parsed:
+        """The final reply ``status``, passing over provisional ones: a proxy with
+        several workers may take a 200 before the 180 sent just ahead of it, and then
+        rightly drops that 180 (no provisional after a final)."""
+        while True:
+            msg = self.recv(timeout)
+            if msg.is_reply and msg.status < 200:
+                continue
+            assert msg.is_reply and msg.status == status, \
+                f"{self.user}: expected {status}, got {msg.first}"
+            return msg
+
     def expect_request(self, method: str, timeout: float = 3.0) -> Parsed:
         """The next ``method`` request; stray ACKs (the hop-by-hop ACK of a 407 to an
         in-dialog INVITE is loose-routed on to us) are passed over."""
@@ -313,8 +325,7 @@ def seed_call(a: Phone, b: Phone) -> Call:
     b.last_invite = inv
     b.answer(inv, 180, "Ringing")
     b.answer(inv, 200, "OK", offer_sdp(b.private_ip, b.rtp_port))
-    a.expect(180)
-    ok = a.expect(200)
+    ok = a.expect_final(200)
     a.answered(ok, b.user)
     b.expect_request("ACK")
     return Call(a, b, Media.of(inv.body), Media.of(ok.body))

@@ -56,41 +56,48 @@ def test_seed_call_relayed_by_rtpengine(lab):
     alice = Phone(ns, "alice", "192.168.1.10")
     bob = Phone(ns, "bob", "192.168.1.20")
     try:
-        alice.register()
-        bob.register()
-        call = seed_call(alice, bob)
-        # each side's SDP points at rtpengine: its interface address and its port range
-        for seen in (call.offer_seen, call.answer_seen):
-            assert seen.ip == "127.0.0.1" and RTP_MIN <= seen.port <= RTP_MAX, seen
-            assert seen.marker
-        log = engine.log_text()
-        # nathelper's U and L reached rtpengine as rtpproxy commands, with tag;N
-        assert re.search(r"Got valid command from udp:127\.0\.0\.1:\d+: \S+ U \S+ "
-                         rf"127\.0\.0\.1 {alice.rtp_port} {alice.tag};1", log), log[-3000:]
-        assert re.search(rf"Got valid command from udp:127\.0\.0\.1:\d+: \S+ L \S+ "
-                         rf"127\.0\.0\.1 {bob.rtp_port} {alice.tag};1 {bob.tag};1", log)
-        assert "fallback RE" not in log
-        got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen)
-        assert len(got_bob) >= 18 and len(got_alice) >= 18, (len(got_bob), len(got_alice))
-        assert all(len(p) == 172 and p[12:22] == b"from-alice" for p in got_bob)
-        assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
-
-        # re-INVITE: force_rtp_proxy("l") updates the session, the ports stay
-        again = reinvite(call)
-        assert again.offer_seen.port == call.offer_seen.port
-        assert again.answer_seen.port == call.answer_seen.port
-        got_bob, got_alice = exchange(alice, again.answer_seen, bob, again.offer_seen, 10)
-        assert len(got_bob) >= 8 and len(got_alice) >= 8
-
-        hang_up(call)                  # the seed's BYE: unforce_rtp_proxy() -> D
-        deadline = time.monotonic() + 3
-        while "Deleting full call" not in engine.log_text() \
-                and "Final packet stats" not in engine.log_text():
-            assert time.monotonic() < deadline, engine.log_text()[-3000:]
-            time.sleep(0.05)
-        time.sleep(0.2)
-        got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen, 5)
-        assert got_bob == [] and got_alice == [], "media still relayed after BYE"
+        call_flow(alice, bob, engine)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n--- natserver\n{server.log_text()[-4000:]}\n"
+                             f"--- rtpengine\n{engine.log_text()[-3000:]}") from None
     finally:
         alice.close()
         bob.close()
+
+
+def call_flow(alice: Phone, bob: Phone, engine: Proc) -> None:
+    alice.register()
+    bob.register()
+    call = seed_call(alice, bob)
+    # each side's SDP points at rtpengine: its interface address and its port range
+    for seen in (call.offer_seen, call.answer_seen):
+        assert seen.ip == "127.0.0.1" and RTP_MIN <= seen.port <= RTP_MAX, seen
+        assert seen.marker
+    log = engine.log_text()
+    # nathelper's U and L reached rtpengine as rtpproxy commands, with tag;N
+    assert re.search(r"Got valid command from udp:127\.0\.0\.1:\d+: \S+ U \S+ "
+                     rf"127\.0\.0\.1 {alice.rtp_port} {alice.tag};1", log), log[-3000:]
+    assert re.search(rf"Got valid command from udp:127\.0\.0\.1:\d+: \S+ L \S+ "
+                     rf"127\.0\.0\.1 {bob.rtp_port} {alice.tag};1 {bob.tag};1", log)
+    assert "fallback RE" not in log
+    got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen)
+    assert len(got_bob) >= 18 and len(got_alice) >= 18, (len(got_bob), len(got_alice))
+    assert all(len(p) == 172 and p[12:22] == b"from-alice" for p in got_bob)
+    assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
+
+    # re-INVITE: force_rtp_proxy("l") updates the session, the ports stay
+    again = reinvite(call)
+    assert again.offer_seen.port == call.offer_seen.port
+    assert again.answer_seen.port == call.answer_seen.port
+    got_bob, got_alice = exchange(alice, again.answer_seen, bob, again.offer_seen, 10)
+    assert len(got_bob) >= 8 and len(got_alice) >= 8
+
+    hang_up(call)                  # the seed's BYE: unforce_rtp_proxy() -> D
+    deadline = time.monotonic() + 3
+    while "Deleting full call" not in engine.log_text() \
+            and "Final packet stats" not in engine.log_text():
+        assert time.monotonic() < deadline, engine.log_text()[-3000:]
+        time.sleep(0.05)
+    time.sleep(0.2)
+    got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen, 5)
+    assert got_bob == [] and got_alice == [], "media still relayed after BYE"
