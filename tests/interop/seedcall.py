@@ -83,7 +83,7 @@ class SeedServer:
     """natserver running conf/natserver.cfg in ``ns``."""
 
     def __init__(self, ns: Netns, tmp: Path, *, rtpproxy_sock: str, relays: int,
-                 ports: tuple[int, int] = (30000, 30199)) -> None:
+                 ports: tuple[int, int] = (30000, 30199), extra: str = "") -> None:
         self.ns = ns
         self.tmp = tmp
         # unix socket paths must stay under 108 bytes: a short directory of our own
@@ -94,7 +94,7 @@ class SeedServer:
                           db_url=f"sqlite:///{tmp / 'natserver.db'}",
                           fifo=str(self.rundir / "fifo"), rtpproxy_sock=sock,
                           natping_interval=0, rtp_ports=ports)
-        text, n = re.subn(r"(?m)^rtp_relays=\d+", f"rtp_relays={relays}", text)
+        text, n = re.subn(r"(?m)^rtp_relays=\d+", f"rtp_relays={relays}\n{extra}", text)
         assert n == 1
         self.cfg_path = tmp / "natserver.cfg"
         self.cfg_path.write_text(text)

@@ -7,7 +7,8 @@ Checked: force_rtp_proxy on the INVITE and the 200 made one relay session; the S
 each side received points at the relay; RTP-sized packets go through both ways; the
 re-INVITE (force_rtp_proxy("l")) keeps the ports, also for hold (c=0.0.0.0 reaches
 the other side unchanged) and resume; the BYE (unforce_rtp_proxy) frees the session
-and its ports.
+and its ports. A stranger (another IP) sending to the relay ports reaches nobody (RTP
+bleed); a session without media for rtp_timeout expires with its ports.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ import time
 import pytest
 
 from tests.helpers.server import Netns, need_root
-from tests.interop.seedcall import Phone, SeedServer, exchange, hang_up, reinvite, seed_call
+from tests.interop.seedcall import (
+    Phone,
+    SeedServer,
+    exchange,
+    hang_up,
+    reinvite,
+    rtp,
+    seed_call,
+)
 
 PORTS = (30000, 30199)
 
@@ -69,6 +78,16 @@ def test_seed_call_through_the_builtin_relay(lab):
         assert len(got_bob) >= 18 and len(got_alice) >= 18, (len(got_bob), len(got_alice))
         assert all(len(p) == 172 and p[12:22] == b"from-alice" for p in got_bob)
         assert all(len(p) == 172 and p[12:20] == b"from-bob" for p in got_alice)
+        # RTP bleed: a stranger's packets to either relay port reach nobody
+        stranger = ns.socket(bind=("127.0.0.2", 0))
+        try:
+            for port in (call.offer_seen.port, call.answer_seen.port):
+                for i in range(10):
+                    stranger.sendto(rtp(i, b"stranger"), ("127.0.0.1", port))
+            heard = alice.drain(0.3) + bob.drain(0.1)
+            assert not any(b"stranger" in p for p in heard), "a stranger's packets relayed"
+        finally:
+            stranger.close()
 
         again = reinvite(call)
         assert (again.offer_seen.port, again.answer_seen.port) == \
@@ -107,3 +126,36 @@ def test_seed_call_through_the_builtin_relay(lab):
     finally:
         alice.close()
         bob.close()
+
+
+def test_idle_session_of_a_seed_call_expires(tmp_path):
+    """No media for rtp_timeout: the session made by the seed's INVITE/200 goes, and
+    its ports with it (the call itself is signalling's business)."""
+    need_root()
+    ns = Netns("nsri")
+    server = None
+    try:
+        server = SeedServer(ns, tmp_path, rtpproxy_sock="unix:{rundir}/rtpproxy.sock",
+                            relays=1, ports=PORTS, extra="rtp_timeout=2")
+        alice = Phone(ns, "alice", "192.168.1.10")
+        bob = Phone(ns, "bob", "192.168.1.20")
+        try:
+            alice.register()
+            bob.register()
+            call = seed_call(alice, bob)
+            assert len(sessions(server)) == 1
+            deadline = time.monotonic() + 8
+            while sessions(server):
+                assert time.monotonic() < deadline, sessions(server)
+                time.sleep(0.2)
+            for port in (call.offer_seen.port, call.answer_seen.port):
+                ns.socket(bind=("127.0.0.1", port)).close()
+            hang_up(call)      # D for a session already gone: the BYE still goes through
+        finally:
+            alice.close()
+            bob.close()
+    finally:
+        if server is not None:
+            server.stop()
+        ns.destroy()
+    assert "Traceback" not in server.log_text(), server.log_text()[-5000:]
