@@ -348,6 +348,28 @@ def reinvite(call: Call, version: int = 2, *, hold: bool = False) -> Call:
     return Call(a, b, Media.of(inv.body), Media.of(ok.body))
 
 
+def reinvite_from_callee(call: Call, version: int = 5) -> Call:
+    """The callee re-INVITEs (From/To the other way round): its dialog state comes from
+    the INVITE it received (route set = Record-Route in order, target = the caller's
+    Contact as the proxy fixed it). Returns (SDP the caller got, SDP the callee got)
+    as offer_seen / answer_seen."""
+    a, b = call.caller, call.callee
+    inv = b.last_invite
+    assert inv is not None
+    if not b.remote_tag:
+        b.call_id = a.call_id
+        b.remote_tag = a.tag
+        b.remote_target = contact_uri(inv)
+        b.routes = [v.strip() for row in inv.all("Record-Route") for v in row.split(",")]
+    b.invite(a.user, offer_sdp(b.private_ip, b.rtp_port, version))
+    got = a.expect_request("INVITE")
+    a.answer(got, 200, "OK", offer_sdp(a.private_ip, a.rtp_port, version))
+    ok = b.expect_final(200)
+    b.answered(ok, a.user)
+    a.expect_request("ACK")
+    return Call(a, b, Media.of(got.body), Media.of(ok.body))
+
+
 def hang_up(call: Call) -> None:
     a, b = call.caller, call.callee
     a.bye(b.user)

@@ -6,7 +6,7 @@ small port range; two phones behind a "NAT" (private Contact and SDP, sending fr
 Checked: force_rtp_proxy on the INVITE and the 200 made one relay session; the SDP
 each side received points at the relay; RTP-sized packets go through both ways; the
 re-INVITE (force_rtp_proxy("l")) keeps the ports, also for hold (c=0.0.0.0 reaches
-the other side unchanged) and resume; the BYE (unforce_rtp_proxy) frees the session
+the other side unchanged) and resume, and when the callee re-INVITEs; the BYE (unforce_rtp_proxy) frees the session
 and its ports. A stranger (another IP) sending to the relay ports reaches nobody (RTP
 bleed); a session without media for rtp_timeout expires with its ports.
 """
@@ -25,6 +25,7 @@ from tests.interop.seedcall import (
     exchange,
     hang_up,
     reinvite,
+    reinvite_from_callee,
     rtp,
     seed_call,
 )
@@ -112,6 +113,13 @@ def test_seed_call_through_the_builtin_relay(lab):
         got_bob, got_alice = exchange(alice, resumed.answer_seen, bob, resumed.offer_seen, 10)
         assert len(got_bob) >= 8 and len(got_alice) >= 8
         assert len(sessions(server)) == 1
+        # the callee re-INVITEs: its side of the same session, the ports stay
+        back = reinvite_from_callee(call)
+        assert back.offer_seen.port == call.answer_seen.port      # alice's view
+        assert back.answer_seen.port == call.offer_seen.port      # bob's view
+        assert len(sessions(server)) == 1
+        got_bob, got_alice = exchange(alice, back.offer_seen, bob, back.answer_seen, 10)
+        assert len(got_bob) >= 8 and len(got_alice) >= 8
 
         hang_up(call)
         deadline = time.monotonic() + 3
