@@ -167,3 +167,39 @@ def test_idle_session_of_a_seed_call_expires(tmp_path):
             server.stop()
         ns.destroy()
     assert "Traceback" not in server.log_text(), server.log_text()[-5000:]
+
+
+def test_relay_down_the_seed_call_goes_on_unrelayed_and_is_logged_once(tmp_path):
+    """rtpproxy_sock names a socket nobody serves: force_rtp_proxy returns false, the
+    seed ignores that and the call goes through with its SDP unchanged; the failure is
+    logged once per burst, not per message."""
+    need_root()
+    ns = Netns("nsrd")
+    server = None
+    try:
+        server = SeedServer(ns, tmp_path, rtpproxy_sock="unix:{rundir}/nobody.sock",
+                            relays=0, ports=PORTS)
+        alice = Phone(ns, "alice", "192.168.1.10")
+        bob = Phone(ns, "bob", "192.168.1.20")
+        try:
+            alice.register()
+            bob.register()
+            for _ in range(2):
+                alice.remote_tag = ""
+                call = seed_call(alice, bob)
+                assert call.offer_seen.ip == "192.168.1.10" and not call.offer_seen.marker
+                assert call.offer_seen.port == alice.rtp_port
+                assert call.answer_seen.ip == "192.168.1.20"
+                hang_up(call)
+        finally:
+            alice.close()
+            bob.close()
+    finally:
+        if server is not None:
+            server.stop()
+        ns.destroy()
+    log = server.log_text()
+    assert "Traceback" not in log, log[-5000:]
+    # one line per worker that met the dead relay (4 workers), not one per message
+    lines = [ln for ln in log.splitlines() if "no rtpproxy answers" in ln]
+    assert 1 <= len(lines) <= 4, lines
