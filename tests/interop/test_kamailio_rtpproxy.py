@@ -4,11 +4,11 @@
 The relay is natserver's own (``rtp_relays=1``, a signalling-only cfg from
 tests/helpers/relayproc.py) or the standalone ``natserver-rtpproxy`` command, with its
 control socket on ``udp:127.0.0.1:PORT`` or ``unix:PATH`` (kamailio then connects once
-per command, as SER did); kamailio's ``rtpproxy_sock`` points at it. kamailio record-routes a call from alice to
-bob (routed by R-URI, no registrar), calls ``rtpproxy_offer()`` on the INVITE,
-``rtpproxy_answer()`` on the 200 and ``rtpproxy_destroy()`` on the BYE. RTP-sized
-packets then flow both ways through natserver's relay. All of it runs in a
-loopback-only namespace the test made.
+per command, as SER did); kamailio's ``rtpproxy_sock`` points at it. kamailio
+record-routes a call from alice to bob (routed by R-URI, no registrar), calls
+``rtpproxy_offer()`` on the INVITE, ``rtpproxy_answer()`` on the 200 and
+``rtpproxy_destroy()`` on the BYE. RTP-sized packets then flow both ways through
+natserver's relay. All of it runs in a loopback-only namespace the test made.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from tests.helpers.relayproc import Proc
-from tests.helpers.server import Netns, need_root
+from tests.helpers.server import Netns, need_root, run_in_netns
 from tests.interop.seedcall import Phone, SeedServer, exchange, hang_up, reinvite, seed_call
 
 RTPENGINE = shutil.which("rtpengine")
@@ -101,3 +101,41 @@ def call_flow(alice: Phone, bob: Phone, engine: Proc) -> None:
     time.sleep(0.2)
     got_bob, got_alice = exchange(alice, call.answer_seen, bob, call.offer_seen, 5)
     assert got_bob == [] and got_alice == [], "media still relayed after BYE"
+
+
+def test_two_streams_against_rtpengine(lab, tmp_path):
+    """An audio+video offer and its answer through nathelper (in this process, its
+    sockets in the test's namespace) against rtpengine: one U and one L per stream
+    with tag;N, every port rewritten into rtpengine's range, and the c= address is
+    rtpengine's interface - never the 0.0.0.0 rtpengine answers for later streams."""
+    ns, server, engine = lab
+    from tests.modules.test_nathelper_rtp import Rig, body_of, message
+
+    control = server.rtpproxy_sock
+    offer = (b"v=0\r\no=- 1 1 IN IP4 192.168.1.10\r\ns=-\r\nc=IN IP4 192.168.1.10\r\n"
+             b"t=0 0\r\nm=audio 8000 RTP/AVP 0\r\na=rtcp:8001\r\n"
+             b"m=video 9000 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n")
+    answer = offer.replace(b"192.168.1.10", b"10.0.0.5").replace(b"8000", b"7000") \
+        .replace(b"8001", b"7001").replace(b"9000", b"7002")
+    rig = Rig(tmp_path, control)
+    try:
+        m, out = run_in_netns(ns.name, lambda: rig.request(message(body=offer,
+                                                                   callid="two-streams")))
+        assert m.flags & 2
+        _, s = body_of(out)
+        assert s.session_conn.addr == b"127.0.0.1"
+        assert all(RTP_MIN <= x.port <= RTP_MAX for x in s.media), s.media
+        assert s.media[0].rtcp.port == s.media[0].port + 1
+        m, out = run_in_netns(ns.name, lambda: rig.reply(message(
+            reply=200, body=answer, callid="two-streams", ttag="tagB")))
+        assert m.flags & 2
+        _, s = body_of(out)
+        assert s.session_conn.addr == b"127.0.0.1"
+        assert all(RTP_MIN <= x.port <= RTP_MAX for x in s.media), s.media
+        log = engine.log_text()
+        for cmd in (b"U two-streams 127.0.0.1 8000 tagA;1", b"U two-streams 127.0.0.1 9000 tagA;2",
+                    b"L two-streams 127.0.0.1 7000 tagA;1 tagB;1",
+                    b"L two-streams 127.0.0.1 7002 tagA;2 tagB;2"):
+            assert cmd.decode() in log, log[-3000:]
+    finally:
+        rig.close()

@@ -6,9 +6,10 @@ small port range; two phones behind a "NAT" (private Contact and SDP, sending fr
 Checked: force_rtp_proxy on the INVITE and the 200 made one relay session; the SDP
 each side received points at the relay; RTP-sized packets go through both ways; the
 re-INVITE (force_rtp_proxy("l")) keeps the ports, also for hold (c=0.0.0.0 reaches
-the other side unchanged) and resume, and when the callee re-INVITEs; the BYE (unforce_rtp_proxy) frees the session
-and its ports. A stranger (another IP) sending to the relay ports reaches nobody (RTP
-bleed); a session without media for rtp_timeout expires with its ports.
+the other side unchanged) and resume, and when the callee re-INVITEs; the BYE
+(unforce_rtp_proxy) frees the session and its ports. A stranger (another IP) sending
+to the relay ports reaches nobody (RTP bleed); a session without media for
+rtp_timeout expires with its ports. With the relay down, the call goes on unrelayed.
 """
 
 from __future__ import annotations
