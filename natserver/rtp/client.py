@@ -249,17 +249,20 @@ class BlockingClient:
         for _ in range(self.retries + 1):
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(self.timeout)
+                buf = b""
                 try:
                     s.connect(spec.address)
                     s.sendall(data)
-                    buf = b""
                     while not buf.endswith(b"\n"):
                         chunk = s.recv(4096)
                         if not chunk:
                             break
                         buf += chunk
                 except TimeoutError:
-                    continue
+                    if not buf:
+                        continue
+                    # an answer without its newline on a connection left open: take it
+                    # rather than run the command a second time
                 if buf:
                     return P.parse_reply(buf)
         return None

@@ -226,3 +226,41 @@ def test_wrong_version_disables(served):
         assert client.command(P.Command(P.Op.VERSION)) is None
     finally:
         client.close()
+
+
+def test_unix_answer_without_newline_is_taken_not_run_twice(tmp_path):
+    """A relay that answers without the final newline and keeps the connection open:
+    the client takes the answer when its timeout ends instead of sending the U again."""
+    path = str(tmp_path / "nonl.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(4)
+    srv.settimeout(1)
+    commands = []
+
+    def serve():
+        held = []
+        try:
+            for _ in range(2):
+                conn, _ = srv.accept()
+                held.append(conn)
+                commands.append(conn.recv(4096))
+                conn.sendall(b"20040107" if commands[-1].strip() == b"V" else b"35000")
+        except OSError:
+            pass
+        for c in held:
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    client = BlockingClient(RelaySet.from_spec(f"unix:{path}"), timeout=0.1, retries=3)
+    try:
+        relay = client.relays.relays[0]
+        relay.checked = True           # skip V/VF: one command, one connection
+        reply = client.send(relay, P.Command(P.Op.UPDATE, "", b"c1", b"127.0.0.1", b"8000",
+                                             b"tagA"))
+        assert reply is not None and reply.port == 35000
+        assert commands == [b"U c1 127.0.0.1 8000 tagA\n"]
+    finally:
+        srv.close()
+        t.join(2)
