@@ -51,6 +51,18 @@ def lab(tmp_path):
     assert "Traceback" not in server.log_text(), server.log_text()[-5000:]
 
 
+def wait_log(engine: Proc, needles: list[str], timeout: float = 3.0) -> None:
+    """rtpengine's stderr reaches us through a reader thread: wait for the lines."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = engine.log_text()
+        missing = [n for n in needles if n not in log]
+        if not missing:
+            return
+        assert time.monotonic() < deadline, f"{missing} not in rtpengine's log:\n" + log[-3000:]
+        time.sleep(0.05)
+
+
 def test_seed_call_relayed_by_rtpengine(lab):
     ns, server, engine = lab
     alice = Phone(ns, "alice", "192.168.1.10")
@@ -73,8 +85,9 @@ def call_flow(alice: Phone, bob: Phone, engine: Proc) -> None:
     for seen in (call.offer_seen, call.answer_seen):
         assert seen.ip == "127.0.0.1" and RTP_MIN <= seen.port <= RTP_MAX, seen
         assert seen.marker
-    log = engine.log_text()
     # nathelper's U and L reached rtpengine as rtpproxy commands, with tag;N
+    wait_log(engine, [f"{alice.tag};1 {bob.tag};1"])
+    log = engine.log_text()
     assert re.search(r"Got valid command from udp:127\.0\.0\.1:\d+: \S+ U \S+ "
                      rf"127\.0\.0\.1 {alice.rtp_port} {alice.tag};1", log), log[-3000:]
     assert re.search(rf"Got valid command from udp:127\.0\.0\.1:\d+: \S+ L \S+ "
@@ -132,10 +145,9 @@ def test_two_streams_against_rtpengine(lab, tmp_path):
         _, s = body_of(out)
         assert s.session_conn.addr == b"127.0.0.1"
         assert all(RTP_MIN <= x.port <= RTP_MAX for x in s.media), s.media
-        log = engine.log_text()
-        for cmd in (b"U two-streams 127.0.0.1 8000 tagA;1", b"U two-streams 127.0.0.1 9000 tagA;2",
-                    b"L two-streams 127.0.0.1 7000 tagA;1 tagB;1",
-                    b"L two-streams 127.0.0.1 7002 tagA;2 tagB;2"):
-            assert cmd.decode() in log, log[-3000:]
+        wait_log(engine, ["U two-streams 127.0.0.1 8000 tagA;1",
+                          "U two-streams 127.0.0.1 9000 tagA;2",
+                          "L two-streams 127.0.0.1 7000 tagA;1 tagB;1",
+                          "L two-streams 127.0.0.1 7002 tagA;2 tagB;2"])
     finally:
         rig.close()
