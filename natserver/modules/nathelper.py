@@ -44,7 +44,13 @@ force_rtp_proxy (functions.md, rtpproxy-protocol.md §4):
   counts what was swallowed); the script decides whether the call goes on.
 
 unforce_rtp_proxy sends ``D callid from-tag [to-tag]`` and returns 1 whatever the
-relay answers; -1 without Call-ID/From-tag or with ``rtpproxy_sock`` empty.
+relay answers; -1 without Call-ID/From-tag or without any relay.
+
+``rtpproxy_sock`` set to ``""`` means the built-in relays' ``rtp_control_sock`` when
+``rtp_relays`` > 0, else no relay at all (both functions -1, one warning).
+Not done (as in SER 0.9): late offer (an INVITE without SDP, the offer in the 200 and
+the answer in the ACK) is not relayed; SDP inside multipart bodies is not looked at;
+Kamailio's flags ``z``, ``1``/``2``/``3``/``b``, ``x`` and ``t`` are refused at start.
 
 Decisions (shared/reference/functions.md, nathelper-natping.md):
 
