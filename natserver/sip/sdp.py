@@ -23,6 +23,7 @@ Malformed SDP raises :class:`SdpError` (a ValueError) and nothing else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -110,20 +111,12 @@ def _lines(body: bytes):
         pos = n if nl < 0 else nl + 1
 
 
+_TOKEN = re.compile(rb"[^ \t]+")
+
+
 def _tokens(body: bytes, start: int, end: int) -> list[tuple[int, int]]:
     """Spans of space-separated tokens in body[start:end]."""
-    out = []
-    i = start
-    while i < end:
-        while i < end and body[i] in b" \t":
-            i += 1
-        j = i
-        while j < end and body[j] not in b" \t":
-            j += 1
-        if j > i:
-            out.append((i, j))
-        i = j
-    return out
+    return [m.span() for m in _TOKEN.finditer(body, start, end)]
 
 
 def _address(body: bytes, spans: list[tuple[int, int]], what: str, line: int) -> Address:
@@ -165,12 +158,13 @@ def parse(body: bytes) -> Sdp:
             seen_v = True
             continue
         vstart = start + 2
-        spans = _tokens(body, vstart, end)
         if kind == b"m":
             if cur is not None:
                 media.append(_media(cur))
-            cur = _parse_m(body, spans, start, end, lineno, len(media) + 1)
+            cur = _parse_m(body, _tokens(body, vstart, end), start, end, lineno,
+                           len(media) + 1)
         elif kind == b"c":
+            spans = _tokens(body, vstart, end)
             if len(spans) != 3:
                 raise SdpError(f"line {lineno}: c= needs 3 fields")
             conn = _address(body, spans, "c=", lineno)
@@ -180,6 +174,7 @@ def parse(body: bytes) -> Sdp:
             elif cur["conn"] is None:
                 cur["conn"] = conn
         elif kind == b"o":
+            spans = _tokens(body, vstart, end)
             if len(spans) != 6:
                 raise SdpError(f"line {lineno}: o= needs 6 fields")
             origin = _address(body, spans[3:], "o=", lineno)
