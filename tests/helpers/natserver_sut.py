@@ -134,9 +134,9 @@ class NatServer:
 
     def ctl(self, *args: str, json_out: bool = False, check: bool = True,
             timeout: float = 15.0) -> subprocess.CompletedProcess:
-        """Run natserverctl against this server's cfg (in the server ns when running:
-        the ctl socket is a Unix socket, reachable from anywhere, but an operator runs
-        it on the server host)."""
+        """Run natserverctl against this server's cfg, as an operator on the server host
+        would (from the root namespace: the ctl socket is a Unix socket, reachable from
+        any network namespace)."""
         assert self.cfg_path is not None
         argv = [sys.executable, "-m", "natserver.ctlcli", "-f", str(self.cfg_path)]
         if json_out:

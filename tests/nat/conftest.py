@@ -23,6 +23,7 @@ import functools
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,17 @@ class NatLab:
             self.passwords[user] = f"pw-{user}-secret"
             self.server.provision(user, self.passwords[user])
         return self.passwords[user]
+
+    def provision_all(self, users: Sequence[str]) -> None:
+        """Provision many users at once (natserverctl add is a process each: run four
+        at a time; the database's busy timeout queues the writers)."""
+        assert self.server is not None, "start_server() first"
+        todo = [u for u in dict.fromkeys(users) if u not in self.passwords]
+        for user in todo:
+            self.passwords[user] = f"pw-{user}-secret"
+        server = self.server
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda u: server.provision(u, self.passwords[u]), todo))
 
     # ---- user agents
     def _slot(self, host: Host) -> int:

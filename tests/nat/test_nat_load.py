@@ -30,6 +30,7 @@ def test_concurrent_calls(nat_lab, scenario_server) -> None:
     topo = nat_lab.network([RouterSpec(NatMode.MASQ, hosts=CALLS)] * 2, public_hosts=0)
     server = nat_lab.start_server(scenario_server)
     nat1, nat2 = topo.routers
+    nat_lab.provision_all([h.role for h in topo.lan_hosts])
     callers = [nat_lab.baresip(h.role, tone=CALLER_TONE, register=False) for h in nat1.hosts]
     callees = [nat_lab.baresip(h.role, tone=CALLEE_TONE, register=False) for h in nat2.hosts]
     phones = callers + callees
