@@ -34,6 +34,7 @@ RELAY_PORTS = (30000, 30399)
 FR_TIMER = 3
 FR_INV_TIMER = 20
 
+_BAD_LEVEL = re.compile(r"^\S+ \S+ natserver\[\d+\] .*? (ERROR|CRITICAL|ALERT) natserver")
 _RTP_CALL = re.compile(r"\b(?:un)?force_rtp_proxy\s*\([^)]*\)\s*;?")
 
 
@@ -195,6 +196,12 @@ class NatServer:
     def log_text(self) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return f"--- natserver.log ({self.log_path})\n{text}"
+
+    def log_problems(self) -> list[str]:
+        """ERROR/CRITICAL/ALERT lines and tracebacks in the server's log: a scenario
+        that passed while a worker raised, died or was respawned still hides a bug."""
+        return [ln for ln in self.log_text().splitlines()
+                if ln.startswith("Traceback") or _BAD_LEVEL.search(ln)]
 
     def stop(self) -> None:
         p = self.proc

@@ -262,6 +262,11 @@ class NatLab:
         if self.server is not None:
             with _collect(errors):
                 self.server.stop()
+            problems = getattr(self.server, "log_problems", lambda: [])()
+            if problems:
+                errors.append(AssertionError(
+                    "the server logged errors:\n" + "\n".join(problems[:20])
+                    + f"\n{self.server.log_text()[-6000:]}"))
         if self.topo is not None:
             self.topo.down()  # kills whatever a failed stop() left, deletes namespaces
         if errors:
