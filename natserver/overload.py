@@ -6,8 +6,10 @@ and the queue fills with copies of requests already waiting (Kamailio's goodput 
 to 50-60% at twice its capacity). Answering *new* requests ``503 Service Unavailable``
 with ``Retry-After`` while the queue is slow costs a parse and one reply, and keeps the
 workers' time for the calls and registrations already under way: in-dialog requests
-(To-tag), ACK and CANCEL are never shed, and tm's hooks absorb retransmissions of
-existing transactions before this check runs.
+(To-tag), ACK and CANCEL are never shed, nor requests that carry credentials - the
+second half of a digest exchange whose first half (the 401/407) was already paid for;
+shedding those would waste it - and tm's hooks absorb retransmissions of existing
+transactions before this check runs.
 
 The signal is how long a datagram waited: the kernel stamps each one on arrival
 (``SO_TIMESTAMP``) and a worker reads the stamp of one datagram every few
@@ -29,6 +31,7 @@ import socket
 import struct
 
 from natserver.errors import SipError
+from natserver.sip.headers import Hdr
 from natserver.sip.message import Message
 
 SO_TIMESTAMP = getattr(socket, "SO_TIMESTAMP", 29)  # Linux; Python does not export it
@@ -84,8 +87,12 @@ class Shedder:
         self.shedding = self.late = False
 
     def sheds(self, msg: Message) -> bool:
-        """Shedding is on and ``msg`` starts something new (no To-tag, not ACK/CANCEL)."""
+        """Shedding is on and ``msg`` starts something new: no To-tag, no credentials,
+        not ACK/CANCEL."""
         if not self.shedding or msg.method in _NEVER_SHED:
+            return False
+        if msg.get(Hdr.AUTHORIZATION) is not None or \
+                msg.get(Hdr.PROXY_AUTHORIZATION) is not None:
             return False
         try:
             return msg.to.tag is None

@@ -4,7 +4,7 @@ from natserver.overload import Shedder
 from natserver.sip.message import Message
 
 
-def msg(method: str, to_tag: str = "") -> Message:
+def msg(method: str, to_tag: str = "", extra: str = "") -> Message:
     tag = f";tag={to_tag}" if to_tag else ""
     return Message.parse((
         f"{method} sip:a@example.com SIP/2.0\r\n"
@@ -12,7 +12,7 @@ def msg(method: str, to_tag: str = "") -> Message:
         "From: <sip:b@example.com>;tag=1\r\n"
         f"To: <sip:a@example.com>{tag}\r\n"
         "Call-ID: c1\r\n"
-        f"CSeq: 1 {method}\r\n"
+        f"CSeq: 1 {method}\r\n{extra}"
         "Content-Length: 0\r\n\r\n").encode())
 
 
@@ -44,6 +44,15 @@ def test_only_new_requests_are_shed():
     assert not s.sheds(msg("ACK")) and not s.sheds(msg("CANCEL"))
     assert not s.sheds(msg("BYE", to_tag="x")) and not s.sheds(msg("INVITE", to_tag="x"))
     assert s.headers() == (b"Retry-After: 5",)
+
+
+def test_the_authorized_half_of_a_digest_exchange_is_served():
+    s = Shedder(200, 5)
+    s.observe(0.5)
+    s.observe(0.5)
+    creds = 'Digest username="a", realm="r", nonce="n", uri="sip:r", response="0"\r\n'
+    assert not s.sheds(msg("REGISTER", extra="Authorization: " + creds))
+    assert not s.sheds(msg("INVITE", extra="Proxy-Authorization: " + creds))
 
 
 def test_nothing_is_shed_while_the_queue_is_short():
