@@ -137,13 +137,18 @@ GLOBAL_PARAMS: tuple[GlobalParam, ...] = (
     GlobalParam("max_len", _range(512, 65535), 65535,
                 "largest message accepted, bytes (larger: 513 Message Overflow)"),
     GlobalParam("server_signature", _bool, True, "add a Server: header to local replies"),
+    GlobalParam("advertised_address", as_str, "",
+                "address written into Via and Record-Route instead of the listen one (a "
+                "server behind 1:1 NAT, e.g. a cloud VM's public IP); also counts as myself"),
+    GlobalParam("advertised_port", _range(0, 65535), 0,
+                "port written with advertised_address (0: the listen port)"),
     # natserver's own
     GlobalParam("rtp_relays", _range(0, 64), 1, "RTP relay processes (0: no built-in relay)"),
     GlobalParam("rtp_port_min", _range(1024, 65534), 35000, "lowest RTP relay port (even)"),
     GlobalParam("rtp_port_max", _range(1025, 65535), 65000, "highest RTP relay port"),
     GlobalParam("rtp_timeout", _range(1, 86400), 60,
                 "seconds without media before a relay session is removed"),
-    GlobalParam("rtp_advertise", as_str, "", "IP written into SDP for the relay (default: listen)"),
+    GlobalParam("rtp_advertise", as_str, "", "IP written into SDP for the relay (default: advertised_address, else listen)"),
     GlobalParam("rtp_latch_mode", _latch_mode, "strict",
                 "relay latching: strict (source IP must match the signalled one, peers lock "
                 "after a learning window: RTP-bleed safe) or rtpproxy (1.x behaviour)"),

@@ -94,6 +94,8 @@ class Context:
         changes (``port=0`` is resolved before the supervisor builds the Context)."""
         self._myself = {(host.lower(), port) for host, port in self.cfg.listens()}
         self._myself |= {(a.host.lower(), a.port) for a in self.cfg.alias if a.port}
+        if self.cfg.advertised_address:
+            self._myself.add((self.advertised[0].lower(), self.advertised[1]))
         self._myself_any_port = {a.host.lower() for a in self.cfg.alias if not a.port}
 
     def is_myself(self, host: str, port: int) -> bool:
@@ -141,3 +143,11 @@ class Context:
     def listen(self) -> tuple[str, int]:
         """The first listen socket's address: the source of every SIP packet we send."""
         return self.cfg.listens()[0]
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        """The address natserver writes about itself (Via, Record-Route): the listen
+        address, or ``advertised_address``/``advertised_port`` for a server behind 1:1
+        NAT, whose peers reach it at an address it does not own."""
+        host, port = self.listen
+        return (self.cfg.advertised_address or host, self.cfg.advertised_port or port)

@@ -368,8 +368,8 @@ class Pinger:
     """The natping process's keepalive state (created there on the first call)."""
 
     __slots__ = ("mod", "ctx", "schedule", "family", "cache", "snapshot", "db_mode",
-                 "via", "prefix", "counter", "started", "round_sent", "round_skipped",
-                 "round_removed", "round_unlogged", "usrloc")
+                 "via", "advertised", "prefix", "counter", "started", "round_sent",
+                 "round_skipped", "round_removed", "round_unlogged", "usrloc")
 
     def __init__(self, mod: Nathelper, ctx: Context, mono: float, now: float) -> None:
         from natserver.modules.usrloc import get_usrloc
@@ -381,6 +381,7 @@ class Pinger:
         stripes = int(mod.interval) if table is None else table.stripes
         self.schedule = Schedule(float(mod.interval), slice_count(mod.interval, stripes), mono)
         self.via = mod.send_address(ctx)
+        self.advertised = ctx.advertised  # what the pings' Via names (1:1 NAT)
         self.family = socket.AF_INET6 if ":" in self.via[0] else socket.AF_INET
         self.cache: dict[bytes, tuple[str, int] | None] = {}
         self.snapshot: list[Contact] | None = None
@@ -459,7 +460,7 @@ class Pinger:
         mod = self.mod
         return build_sipping(
             method=mod.sipping_method, contact=c.contact, from_uri=mod.sipping_from,
-            via_host=self.via[0], via_port=self.via[1], ruid=c.ruid,
+            via_host=self.advertised[0], via_port=self.advertised[1], ruid=c.ruid,
             aor_hash=zlib.crc32(c.aor), counter=self.counter, prefix=self.prefix,
             ticks=int(self.ctx.mono()) & 0xFFFFFFFF, path=c.path)
 

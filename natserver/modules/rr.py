@@ -36,16 +36,19 @@ class Rr(Module):
 
     def record_route(self, m: MsgCtx) -> int:
         """Insert ``Record-Route: <sip:IP[:port];ftag=T;lr=on>`` as the first header
-        line: the receiving socket's IP, the port only when it is not 5060. -1 when the
-        message already got one."""
+        line: the receiving socket's IP (or ``advertised_address``/``advertised_port``),
+        the port only when it is not 5060. -1 when the message already got one."""
         if m.rr_added:
             return -1
         msg = m.msg
         local = (m.local_ip, m.local_port)
         start = self._uri_start.get(local)
         if start is None:
-            host = f"[{m.local_ip}]" if ":" in m.local_ip else m.local_ip
-            port = "" if m.local_port == 5060 else f":{m.local_port}"
+            cfg = m.ctx.cfg
+            ip = cfg.advertised_address or m.local_ip
+            port_n = cfg.advertised_port or m.local_port
+            host = f"[{ip}]" if ":" in ip else ip
+            port = "" if port_n == 5060 else f":{port_n}"
             start = self._uri_start[local] = f"Record-Route: <sip:{host}{port}".encode()
         parts = [start]
         if self.ftag:

@@ -381,7 +381,7 @@ class Tm(Module):
         self.seen = {}
         self.seen_old = {}
         self.seen_since = ctx.mono()
-        host, port = ctx.listen
+        host, port = ctx.advertised
         if ":" in host:
             host = f"[{host}]"
         self.via_prefix = f"SIP/2.0/UDP {host}:{port};branch={COOKIE}".encode()

@@ -238,7 +238,8 @@ def plane_from_cfg(cfg: Any, modules: dict[str, Any]) -> Plane | None:
 def _plane_from_cfg(cfg: Any, host: str, text: str) -> Plane:
     return open_plane(count=int(cfg.rtp_relays), port_min=int(cfg.rtp_port_min),
                       port_max=int(cfg.rtp_port_max), ip=host,
-                      advertise=cfg.rtp_advertise or ("" if host in ("0.0.0.0", "::") else host),
+                      advertise=cfg.rtp_advertise or cfg.advertised_address
+                      or ("" if host in ("0.0.0.0", "::") else host),
                       timeout=float(cfg.rtp_timeout), latch_mode=cfg.rtp_latch_mode,
                       control=text)
 
