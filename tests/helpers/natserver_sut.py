@@ -9,6 +9,12 @@ provisioned and state is read with the real ``natserverctl``, as an operator wou
 
 Negative controls build the same server from a cfg with one thing taken away
 (``strip_rtp_proxy``: every ``force_rtp_proxy``/``unforce_rtp_proxy`` call removed).
+
+Behind a 1:1 NAT (netns ``ServerNat``) the server listens on its private address;
+``advertised_address`` (and ``advertised_port``) render SER's globals of that name, and
+``aliases`` adds ``alias=`` lines (the public address as myself, without advertising
+it: the control). ``domain`` is the SIP domain subscribers are provisioned in (default:
+the advertised address, else the listen address).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import IO
 
 from tests.helpers.netns import Host, Topology
@@ -65,7 +72,9 @@ def strip_rtp_proxy(text: str) -> str:
 
 def render_cfg(seed: str, *, listen: str, db_url: str, fifo: str, rtpproxy_sock: str,
                natping_interval: int, rtp_ports: tuple[int, int] = RELAY_PORTS,
-               fr_timer: int = FR_TIMER, fr_inv_timer: int = FR_INV_TIMER) -> str:
+               fr_timer: int = FR_TIMER, fr_inv_timer: int = FR_INV_TIMER,
+               advertised_address: str | None = None, advertised_port: int | None = None,
+               aliases: Sequence[str] = ()) -> str:
     """conf/natserver.cfg with the operator's values for this test server."""
     subs: list[tuple[str, str]] = [
         (r"(?m)^listen=\S+", f"listen={listen}"),
@@ -88,6 +97,15 @@ def render_cfg(seed: str, *, listen: str, db_url: str, fifo: str, rtpproxy_sock:
           f'modparam("tm", "fr_inv_timer", {fr_inv_timer})\n')
     text, n = re.subn(r'(?m)^(modparam\("usrloc", "db_mode", \d+\)\n)', r"\1" + tm, text)
     assert n == 1, "conf/natserver.cfg has no usrloc db_mode modparam to anchor tm's"
+    extra = [f"alias={a}" for a in aliases]
+    if advertised_address:
+        extra.append(f'advertised_address="{advertised_address}"')
+    if advertised_port:
+        extra.append(f"advertised_port={int(advertised_port)}")
+    if extra:
+        text, n = re.subn(r"(?m)^(port=\d+.*\n)", lambda m: m.group(1) + "\n".join(extra) + "\n",
+                          text)
+        assert n == 1, "conf/natserver.cfg has no port= line to anchor the globals"
     return text
 
 
@@ -98,6 +116,10 @@ class NatServer:
     workdir: Path
     cfg_filter: object = None  # callable(str) -> str applied to the seed cfg (controls)
     fr_inv_timer: int = FR_INV_TIMER
+    advertised_address: str | None = None  # SER's global: the public IP behind 1:1 NAT
+    advertised_port: int | None = None
+    aliases: tuple[str, ...] = ()
+    domain: str | None = None  # subscribers' domain (default advertised, else listen)
     name: str = "natserver"
     topo: Topology | None = None
     host: Host | None = None
@@ -127,7 +149,9 @@ class NatServer:
         text = render_cfg(seed, listen=listen, db_url=self.db_url,
                           fifo=str(self.rundir / "fifo"),
                           rtpproxy_sock=f"unix:{self.rundir / 'rtpproxy.sock'}",
-                          natping_interval=natping_interval, fr_inv_timer=self.fr_inv_timer)
+                          natping_interval=natping_interval, fr_inv_timer=self.fr_inv_timer,
+                          advertised_address=self.advertised_address,
+                          advertised_port=self.advertised_port, aliases=self.aliases)
         path = self.workdir / "natserver.cfg"
         path.write_text(text)
         self.cfg_path = path
@@ -167,7 +191,8 @@ class NatServer:
 
     def provision(self, user: str, password: str) -> None:
         assert self.host is not None
-        self.ctl("add", f"{user}@{self.host.ip}", password)
+        domain = self.domain or self.advertised_address or self.host.ip
+        self.ctl("add", f"{user}@{domain}", password)
 
     def registrations(self) -> list[Registration]:
         rows = json.loads(self.ctl("ul", "show", json_out=True).stdout or "[]")

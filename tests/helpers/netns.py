@@ -8,6 +8,17 @@ routers with nftables masquerade and a LAN behind each, and hosts on the public 
   <p>pub  198.51.100.10 (the server under test) -------------------------+
 ```
 
+With `server_nat=ServerNat()` the server is a cloud VM behind a 1:1 NAT instead:
+
+```
+  <p>pub 10.0.0.10 -- lan0 10.0.0.1 [<p>srvnat] wan0 198.51.100.10 -- br0 [<p>wan]
+```
+
+The router owns the public address 198.51.100.10: UDP to it (SIP and the relay's port
+range) is DNATed to 10.0.0.10, and the server's own traffic is SNATed to it. The
+phones' routers have no route to 10.0.0.0/24, so the private address is unreachable for
+them, as it is on the Internet.
+
 198.51.100.0/24 (TEST-NET-2) and the LANs exist only inside the namespaces: the root
 namespace has no route to them, so no test packet can leave the machine.
 
@@ -42,6 +53,9 @@ CONNTRACK_UDP_TIMEOUT = "/proc/sys/net/netfilter/nf_conntrack_udp_timeout"
 WAN_PREFIXLEN = 24
 SERVER_IP = "198.51.100.10"
 PORT_RANGE = (20000, 29999)  # NatMode.RANGE maps every UDP source port into this range
+SERVER_PRIVATE_IP = "10.0.0.10"  # the server's own address behind a 1:1 NAT (server_nat)
+SERVER_NAT_LAN_IP = "10.0.0.1"
+SERVER_NAT_LAN = "10.0.0.0/24"
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -106,6 +120,28 @@ class RouterSpec:
 
 
 @dataclass(slots=True, frozen=True)
+class ServerNat:
+    """Put the server behind a 1:1 NAT (a cloud VM): UDP to the public address on
+    `udp_ports` (inclusive ranges: SIP and the relay's ports) is forwarded to the
+    server's private address; everything the server sends leaves with the public one."""
+
+    udp_ports: tuple[tuple[int, int], ...] = ((5060, 5060), (30000, 30399))
+
+
+@dataclass(slots=True, frozen=True)
+class OneToOneRouter:
+    """The router in front of the server when it is behind a 1:1 NAT."""
+
+    role: str
+    ns: str
+    public_ip: str
+    lan_ip: str
+    lan_net: str
+    private_ip: str
+    udp_ports: tuple[tuple[int, int], ...]
+
+
+@dataclass(slots=True, frozen=True)
 class Host:
     """A machine: `ns` is its namespace, `ip` its only address."""
 
@@ -127,7 +163,7 @@ class Router:
     hosts: tuple[Host, ...]
 
 
-Node = Host | Router | str
+Node = Host | Router | OneToOneRouter | str
 
 
 def ns_of(node: Node) -> str:
@@ -295,10 +331,12 @@ class Topology:
     wan_ns: str
     procs: list[subprocess.Popen] = field(default_factory=list)
     is_up: bool = False
+    server_router: OneToOneRouter | None = None  # set when the server is behind 1:1 NAT
 
     @classmethod
     def build(cls, routers: Sequence[RouterSpec | NatMode | str] = (NatMode.MASQ,) * 2,
-              public_hosts: int = 1, prefix: str | None = None) -> Topology:
+              public_hosts: int = 1, prefix: str | None = None,
+              server_nat: ServerNat | None = None) -> Topology:
         prefix = prefix or new_prefix()
         rs: list[Router] = []
         for i, spec in enumerate(routers, 1):
@@ -320,9 +358,18 @@ class Topology:
             raise ValueError("at most 28 routers")
         pubs = [Host(role=f"pua{j}", ns=f"{prefix}pua{j}", ip=f"198.51.100.{50 + j}")
                 for j in range(1, public_hosts + 1)]
-        server = Host(role="pub", ns=prefix + "pub", ip=SERVER_IP)
+        if server_nat is None:
+            server = Host(role="pub", ns=prefix + "pub", ip=SERVER_IP)
+            srv_router = None
+        else:
+            srv_router = OneToOneRouter(role="srvnat", ns=prefix + "srvnat",
+                                        public_ip=SERVER_IP, lan_ip=SERVER_NAT_LAN_IP,
+                                        lan_net=SERVER_NAT_LAN, private_ip=SERVER_PRIVATE_IP,
+                                        udp_ports=tuple(server_nat.udp_ports))
+            server = Host(role="pub", ns=prefix + "pub", ip=SERVER_PRIVATE_IP,
+                          router=srv_router.role)
         return cls(prefix=prefix, server=server, routers=rs, public_hosts=pubs,
-                   wan_ns=prefix + "wan")
+                   wan_ns=prefix + "wan", server_router=srv_router)
 
     # ---- lookups
     @property
@@ -331,11 +378,13 @@ class Topology:
 
     @property
     def namespaces(self) -> list[str]:
-        return [self.wan_ns, self.server.ns, *(r.ns for r in self.routers),
+        srv = [self.server_router.ns] if self.server_router is not None else []
+        return [self.wan_ns, self.server.ns, *srv, *(r.ns for r in self.routers),
                 *(h.ns for h in self.lan_hosts), *(h.ns for h in self.public_hosts)]
 
-    def node(self, role: str) -> Host | Router:
-        for n in (self.server, *self.routers, *self.lan_hosts, *self.public_hosts):
+    def node(self, role: str) -> Host | Router | OneToOneRouter:
+        srv = (self.server_router,) if self.server_router is not None else ()
+        for n in (self.server, *srv, *self.routers, *self.lan_hosts, *self.public_hosts):
             if n.role == role:
                 return n
         raise KeyError(role)
@@ -359,7 +408,15 @@ class Topology:
 
     def public_address(self, host: Host) -> str:
         """The address the WAN sees for `host` (its router's, behind a NAT)."""
+        if self.server_router is not None and host.role == self.server.role:
+            return self.server_router.public_ip
         return host.ip if host.router is None else self.router(host.router).wan_ip
+
+    @property
+    def server_public_ip(self) -> str:
+        """Where the phones reach the server: its own address, or behind a 1:1 NAT the
+        public one its router owns."""
+        return self.public_address(self.server)
 
     # ---- up / down
     def up(self, timeout: float = 20.0) -> None:
@@ -370,7 +427,11 @@ class Topology:
         self.is_up = True  # from here on down() has something to undo
         _ip_batch([f"netns add {n}" for n in names], timeout)
         _ip_batch(self._veth_commands(), timeout)
-        scripts = {self.wan_ns: self._wan_script(), self.server.ns: _host_script(self.server, None)}
+        sr = self.server_router
+        scripts = {self.wan_ns: self._wan_script(),
+                   self.server.ns: _host_script(self.server, None if sr is None else sr.lan_ip)}
+        if sr is not None:
+            scripts[sr.ns] = _one_to_one_script(sr)
         for r in self.routers:
             scripts[r.ns] = self._router_script(r)
             for h in r.hosts:
@@ -435,7 +496,12 @@ class Topology:
                     f"peer name {b} netns {b_ns} index {next(index)}")
 
         w = self.wan_ns
-        cmds = [veth("eth0", self.server.ns, "p-pub", w)]
+        if self.server_router is None:
+            cmds = [veth("eth0", self.server.ns, "p-pub", w)]
+        else:
+            sr = self.server_router
+            cmds = [veth("wan0", sr.ns, f"p-{sr.role}", w),
+                    veth("lan0", sr.ns, "eth0", self.server.ns)]
         for r in self.routers:
             cmds.append(veth("wan0", r.ns, f"p-{r.role}", w))
             if len(r.hosts) == 1:
@@ -456,7 +522,8 @@ class Topology:
         return True
 
     def _wan_script(self) -> str:
-        ports = ["p-pub", *(f"p-{r.role}" for r in self.routers),
+        first = "p-pub" if self.server_router is None else f"p-{self.server_router.role}"
+        ports = [first, *(f"p-{r.role}" for r in self.routers),
                  *(f"p-{h.role}" for h in self.public_hosts)]
         lines = [_BASE_SYSCTL, "ip link add br0 type bridge", "ip link set br0 up"]
         lines += [f"ip link set {p} master br0 up" for p in ports]
@@ -627,6 +694,47 @@ table ip filter {{
 }
 """
     return text
+
+
+def _one_to_one_script(r: OneToOneRouter) -> str:
+    lines = [_BASE_SYSCTL, "sysctl -qw net.ipv4.ip_forward=1",
+             f"ip addr add {r.public_ip}/{WAN_PREFIXLEN} dev wan0", "ip link set wan0 up",
+             f"ip addr add {r.lan_ip}/24 dev lan0", "ip link set lan0 up",
+             "nft -f - <<'NFT'\n" + one_to_one_ruleset(r) + "NFT"]
+    return "\n".join(lines)
+
+
+def one_to_one_ruleset(r: OneToOneRouter) -> str:
+    """nftables for a cloud provider's 1:1 NAT: DNAT of the public address's forwarded
+    UDP ports to the server, SNAT of everything the server sends (the source port is
+    kept when free, so the relay's ports look the same from outside); nothing else
+    gets in."""
+    ports = ", ".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in r.udp_ports)
+    return f"""table ip nat {{
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    iifname "wan0" ip daddr {r.public_ip} udp dport {{ {ports} }} dnat to {r.private_ip}
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan0" ip saddr {r.private_ip} snat to {r.public_ip}
+  }}
+}}
+table ip filter {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iif "lo" accept
+    iifname "lan0" accept
+    ct state established,related accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    iifname "lan0" oifname "wan0" accept
+    iifname "wan0" oifname "lan0" ct status dnat accept
+    iifname "wan0" oifname "lan0" ct state established,related accept
+  }}
+}}
+"""
 
 
 def _ip_batch(commands: list[str], timeout: float) -> None:

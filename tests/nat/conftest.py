@@ -32,7 +32,7 @@ import pytest
 
 from tests.helpers import netns
 from tests.helpers.baresip import Baresip, UaConfig, baresip_problem
-from tests.helpers.netns import Host, NatMode, RouterSpec, Topology, wait_until
+from tests.helpers.netns import Host, NatMode, RouterSpec, ServerNat, Topology, wait_until
 from tests.helpers.pjua import PjUa, pjsua2_problem
 from tests.helpers.natserver_sut import NatServer, natserver_problem, strip_rtp_proxy
 from tests.helpers.refserver import (RefServer, RelaySession, ServerUnderTest,
@@ -97,10 +97,10 @@ class NatLab:
 
     # ---- network
     def network(self, routers: Sequence[RouterSpec | NatMode | str] = (NatMode.MASQ,) * 2,
-                public_hosts: int = 1) -> Topology:
+                public_hosts: int = 1, server_nat: ServerNat | None = None) -> Topology:
         skip_unless_nat()
         assert self.topo is None, "one network per test"
-        self.topo = Topology.build(routers, public_hosts)
+        self.topo = Topology.build(routers, public_hosts, server_nat=server_nat)
         self.topo.up()
         return self.topo
 
@@ -124,10 +124,19 @@ class NatLab:
         wait_until(lambda: not self.server.relay_sessions(), timeout, 0.05,
                    "the relay to release the call")
 
+    def use_server(self, server: ServerUnderTest, *, natping_interval: int = 0) -> ServerUnderTest:
+        """Start a server built by the test (e.g. NatServer with advertised_address);
+        torn down like one from start_server()."""
+        assert self.topo is not None, "network() first"
+        self.server = server
+        server.start(self.topo, self.topo.server, natping_interval=natping_interval)
+        return server
+
     @property
     def domain(self) -> str:
+        """The address phones use for the server (the public one behind a 1:1 NAT)."""
         assert self.topo is not None
-        return self.topo.server.ip
+        return self.topo.server_public_ip
 
     def provision(self, user: str) -> str:
         """Give `user` a password on the server (before its UA starts)."""
