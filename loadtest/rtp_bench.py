@@ -8,6 +8,9 @@ Targets (each started fresh for every run, in its own process):
 - ``echo``       ``loadtest/echo_bench.py``, a bare Python recvfrom/sendto forwarder;
 - ``rtpengine``  Debian's rtpengine in userspace mode (``--table=-1``), sessions made
                  with its rtpproxy-compatible UDP control (``--listen-udp``).
+- ``relay``      natserver's relay process (``natserver/workers/rtp_relay.py``) as the
+                 standalone ``natserver-rtpproxy -n 1`` runs it (CPU of its supervisor
+                 and the relay process together).
 
 Load: ``--senders`` processes (default 2) each own two UDP sockets on 127.0.0.1, one
 playing side A and one side B of their share of ``--streams``, and send 172-byte RTP
@@ -49,7 +52,7 @@ IP = "127.0.0.1"
 PACKET = 172
 RTP_HEADER = bytes([0x80, 0x00, 0, 1, 0, 0, 0, 160, 0x12, 0x34, 0x56, 0x78])
 PHASE_AT = 12            # payload byte: 0 warm-up, 1 measured
-TARGETS = ("engine", "engine-nobatch", "echo", "rtpengine")
+TARGETS = ("engine", "engine-nobatch", "echo", "rtpengine", "relay")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -87,6 +90,10 @@ class Target:
     def session(self, index: int, a: tuple[str, int], b: tuple[str, int]) -> tuple[int, int]:
         """Relay ports (where A sends, where B sends) for stream ``index``."""
         raise NotImplementedError
+
+    def cpu(self) -> float:
+        """CPU seconds of the forwarder so far."""
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         proc = getattr(self, "proc", None)
@@ -179,6 +186,42 @@ class RtpengineTarget(RtpproxyTarget):
         self._wait_control()
 
 
+class RelayTarget(RtpproxyTarget):
+    """natserver's relay process (natserver/workers/rtp_relay.py) as
+    ``natserver-rtpproxy`` runs it: its small supervisor and one relay process; the CPU
+    counted is both (the supervisor idles)."""
+
+    def __init__(self, port_min: int, port_max: int) -> None:
+        self.port_min, self.port_max = port_min, port_max
+
+    def start(self, streams: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((IP, 0))
+            port = probe.getsockname()[1]
+        self.control = (IP, port)
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "natserver.rtpproxy_cli", "-l", IP, "-s", f"udp:{IP}:{port}",
+             "-m", str(self.port_min), "-M", str(self.port_max), "-n", "1", "-F", "-d", "ERR",
+             "-t", "60"], stdout=self.log, stderr=subprocess.STDOUT, cwd=_repo_root())
+        self.pid = self.proc.pid
+        self._wait_control()
+
+    def cpu(self) -> float:
+        total = cpu_seconds(self.pid)
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            kids = []
+        for kid in kids:
+            try:
+                total += cpu_seconds(kid)
+            except OSError:
+                pass
+        return total
+
+
 class EchoTarget(Target):
     def start(self, streams: int) -> None:
         self.proc = subprocess.Popen(
@@ -201,6 +244,8 @@ def make_target(name: str, port_min: int, port_max: int) -> Target:
         return RtpengineTarget(port_min, port_max)
     if name == "echo":
         return EchoTarget()
+    if name == "relay":
+        return RelayTarget(port_min, port_max)
     raise ValueError(name)
 
 
@@ -369,11 +414,11 @@ def run(target_name: str, streams: int, pps: float, seconds: float = 5.0,
             p.start()
             procs.append((p, r))
         time.sleep(max(0.0, t0 + warmup - time.monotonic()))
-        cpu0 = cpu_seconds(target.pid)
+        cpu0 = target.cpu()
         busy0, steal0 = machine_busy()
         drops0 = udp_rcvbuf_errors()
         time.sleep(max(0.0, t0 + warmup + seconds - time.monotonic()))
-        cpu1 = cpu_seconds(target.pid)
+        cpu1 = target.cpu()
         busy1, steal1 = machine_busy()
         drops1 = udp_rcvbuf_errors()
         total = SenderResult()
