@@ -25,7 +25,7 @@ import pytest
 
 from tests.helpers.baresip import Baresip, TracedMessage, parse_sip_trace
 from tests.helpers.natserver_sut import NatServer, natserver_problem
-from tests.helpers.netns import SERVER_IP, SERVER_PRIVATE_IP, NatMode, ServerNat
+from tests.helpers.netns import SERVER_IP, SERVER_PRIVATE_IP, NatMode, ServerNat, wait_until
 
 pytestmark = [pytest.mark.nat, pytest.mark.root]
 
@@ -110,8 +110,11 @@ def test_control_without_advertised_address(nat_lab) -> None:
     a.dial(f"sip:ua2@{nat_lab.domain}")
     b.wait_event("CALL_LOCAL_SDP", 10.0)  # the callee answered (its 200's SDP)
     a.wait_established(10.0)  # and the 200 reached the caller
-    rr = [v for m in received(b, "INVITE") for v in header_values(m, "Record-Route")]
+    invites = received(b, "INVITE")
+    assert [m.src for m in invites] == [PUBLIC], "the INVITE did not come through the NAT"
+    rr = [v for m in invites for v in header_values(m, "Record-Route")]
     assert rr and all(v.startswith(f"<sip:{SERVER_PRIVATE_IP};") for v in rr), rr
+    assert header_values(invites[0], "Via")[0].startswith(f"SIP/2.0/UDP {PRIVATE};")
     for ua in (a, b):
         sdp = ua.received_sdp_addresses()
         assert sdp and all(ip == SERVER_PRIVATE_IP for ip, _ in sdp), \
@@ -137,3 +140,51 @@ def test_control_without_advertised_address(nat_lab) -> None:
         stats = ua.rtp_stats()
         assert stats and stats[-1][0] > 0 and stats[-1][1] == 0, \
             f"{ua.config.user}: RTP tx/rx {stats}"
+
+
+def with_sip_pings(seed: str) -> str:
+    """The seed cfg plus Kamailio-style SIP pings of the NATed contacts (sipping_flag =
+    the registrar's nat_flag 6); a contact that has not answered for 3 s is removed."""
+    return seed.replace(
+        'modparam("nathelper", "ping_nated_only", 1)',
+        'modparam("nathelper", "ping_nated_only", 1)\n'
+        'modparam("nathelper", "sipping_flag", 6)\n'
+        f'modparam("nathelper", "sipping_from", "sip:pinger@{SERVER_IP}")\n'
+        'modparam("nathelper", "keepalive_timeout", 3)', 1)
+
+
+def test_sip_pings_name_the_public_address(nat_lab) -> None:
+    """nathelper's OPTIONS pings leave through the 1:1 NAT with the public address in
+    their Via, and the phone's answers come back: the contact outlives
+    keepalive_timeout (3 s) only because its 200s reached the pinger: once the 1:1
+    router drops what the phone's NAT sends, the contact is removed."""
+    nat_lab.network([NatMode.RANGE], public_hosts=0, server_nat=ServerNat())
+    server = nat_lab.use_server(NatServer(nat_lab.tmp / "natserver", cfg_filter=with_sip_pings,
+                                          advertised_address=SERVER_IP),
+                                natping_interval=1)
+    assert "sipping_flag" in server.cfg_path.read_text()
+    ua = nat_lab.baresip("ua1")
+    # five pings: the registration is more than keepalive_timeout + an interval old
+    deadline = time.monotonic() + 8.0
+    while len(received(ua, "OPTIONS")) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pings = received(ua, "OPTIONS")
+    assert len(pings) >= 5, f"{len(pings)} SIP pings in 8 s at a 1 s interval"
+    for m in pings:
+        assert m.src == PUBLIC, m.src
+        vias = header_values(m, "Via")
+        assert len(vias) == 1 and vias[0].startswith(f"SIP/2.0/UDP {PUBLIC};"), vias
+    me = f"{ua.config.local_ip}:{ua.config.sip_port}"
+    answers = [m for m in parse_sip_trace(ua.log_text())
+               if m.src == me and m.first_line.startswith("SIP/2.0 200")
+               and "OPTIONS" in " ".join(header_values(m, "CSeq"))]
+    assert len(answers) >= 5, f"{len(answers)} answers to {len(pings)} pings"
+    regs = [r for r in server.registrations() if r.aor == "ua1"]
+    assert regs, "the contact was removed: the pings' answers did not reach the server"
+
+    topo = nat_lab.topo
+    wan = topo.router("nat1").wan_ip
+    topo.run(topo.server_router, ["nft", "insert", "rule", "ip", "filter", "forward",
+                                  "iifname", "wan0", "ip", "saddr", wan, "drop"])
+    wait_until(lambda: not [r for r in server.registrations() if r.aor == "ua1"], 8.0, 0.2,
+               "the unanswered contact to be removed")
