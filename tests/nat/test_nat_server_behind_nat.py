@@ -29,6 +29,7 @@ from tests.helpers.netns import SERVER_IP, SERVER_PRIVATE_IP, NatMode, ServerNat
 
 pytestmark = [pytest.mark.nat, pytest.mark.root]
 
+ACTIVE = 1  # pjsua's PJSUA_CALL_MEDIA_ACTIVE in pjua's "media" lines
 PUBLIC = f"{SERVER_IP}:5060"
 PRIVATE = f"{SERVER_PRIVATE_IP}:5060"
 
@@ -188,3 +189,52 @@ def test_sip_pings_name_the_public_address(nat_lab) -> None:
                                   "iifname", "wan0", "ip", "saddr", wan, "drop"])
     wait_until(lambda: not [r for r in server.registrations() if r.aor == "ua1"], 8.0, 0.2,
                "the unanswered contact to be removed")
+
+
+def test_pjsua2_hold_resume_behind_1to1_nat(nat_lab) -> None:
+    """The second SIP stack, both phones behind symmetric NATs: the call, a re-INVITE
+    to hold and back (loose-routed through the 1:1 NAT, force_rtp_proxy on the
+    in-dialog INVITE) and the BYE. Every SDP either phone took names the relay at the
+    public address, RTP comes from there, and audio flows again after the resume."""
+    nat_lab.network([NatMode.SYMMETRIC, NatMode.SYMMETRIC], public_hosts=0,
+                    server_nat=ServerNat())
+    server = start_natserver(nat_lab, advertised_address=SERVER_IP)
+    callee = nat_lab.pjua("ua2", "--answer")
+    caller = nat_lab.pjua("ua1")
+    caller.send(f"call sip:ua2@{nat_lab.domain}")
+    caller.wait("state", 10.0, lambda d: d["state"] == "CONFIRMED")
+    callee.wait("state", 10.0, lambda d: d["state"] == "CONFIRMED")  # the ACK arrived
+    time.sleep(1.0)
+    [session] = server.relay_sessions()
+    ports = set(session.ports)
+
+    mark = caller.mark()
+    caller.send("hold")
+    caller.wait("media", 10.0, lambda d: d["status"] != ACTIVE, since=mark)
+    mark = caller.mark()
+    caller.send("unhold")
+    caller.wait("media", 10.0, lambda d: d["status"] == ACTIVE, since=mark)
+    mark = callee.mark()
+    callee.send("stats")
+    rx0 = callee.wait("stats", 5.0, since=mark)["rx_pkt"]
+    time.sleep(1.5)
+    mark = callee.mark()
+    callee.send("stats")
+    rx1 = callee.wait("stats", 5.0, since=mark)["rx_pkt"]
+    assert rx1 - rx0 >= 40, f"audio did not resume: {rx0} -> {rx1}"
+    assert {p for s in server.relay_sessions() for p in s.ports} == ports
+
+    caller.send("hangup")
+    caller.wait("closed", 5.0)
+    callee.wait("closed", 5.0)  # the BYE came through the 1:1 NAT
+    nat_lab.wait_relay_released()
+    for ua in (caller, callee):
+        media = [d for d in ua.events("media") if d.get("remote_rtp")]
+        assert len(media) >= 2, media
+        for d in media:
+            ip, _, port = d["remote_rtp"].rpartition(":")
+            assert ip == SERVER_IP and int(port) in ports, f"SDP not at the relay: {d}"
+        stats = ua.events("stats")[-1]
+        ip, _, port = stats["src_rtp"].rpartition(":")
+        assert ip == SERVER_IP and int(port) in ports, f"RTP not from the relay: {stats}"
+        assert stats["rx_pkt"] >= 50, stats  # counted since the resume
