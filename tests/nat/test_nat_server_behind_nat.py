@@ -60,6 +60,37 @@ def header_values(msg: TracedMessage, name: str) -> list[str]:
             if ln.lower().startswith(prefix)]
 
 
+def test_one_to_one_nat_router(nat_lab) -> None:
+    """The harness itself: the public address's forwarded UDP ports reach the server
+    with the phone's public source, the server's packets leave from the public address
+    with their port kept, other ports are not forwarded, and 10.0.0.10 is unreachable."""
+    topo = nat_lab.network([NatMode.MASQ], public_hosts=1, server_nat=ServerNat())
+    srv = topo.socket(topo.server, bind=(SERVER_PRIVATE_IP, 5060))
+    relay = topo.socket(topo.server, bind=(SERVER_PRIVATE_IP, 30002))
+    other = topo.socket(topo.server, bind=(SERVER_PRIVATE_IP, 5070))
+    ua = topo.socket(topo.host("ua1"), bind=("192.168.1.10", 5060))
+    pub = topo.socket(topo.host("pua1"), bind=("198.51.100.51", 5060))
+    for s in (srv, relay, other, ua, pub):
+        s.settimeout(1.0)
+    for sock, port in ((srv, 5060), (relay, 30002)):
+        ua.sendto(b"in", (SERVER_IP, port))
+        data, src = sock.recvfrom(100)
+        assert (data, src[0]) == (b"in", topo.router("nat1").wan_ip)
+        sock.sendto(b"back", src)
+        assert ua.recvfrom(100) == (b"back", (SERVER_IP, port))
+    srv.sendto(b"out", ("198.51.100.51", 5060))
+    assert pub.recvfrom(100) == (b"out", (SERVER_IP, 5060))
+    ua.sendto(b"in", (SERVER_IP, 5070))
+    with pytest.raises(TimeoutError):
+        other.recvfrom(100)
+    ua.sendto(b"in", (SERVER_PRIVATE_IP, 5060))  # its router has no route there
+    with pytest.raises(OSError):  # nor has a host on the WAN
+        pub.sendto(b"in", (SERVER_PRIVATE_IP, 5060))
+    srv.settimeout(0.5)
+    with pytest.raises(TimeoutError):
+        srv.recvfrom(100)
+
+
 @pytest.mark.parametrize("modes, caller, callee, hangup", [
     ((NatMode.MASQ, NatMode.SYMMETRIC), "ua1", "ua2", "callee"),
     ((NatMode.RANGE,), "pua1", "ua1", "caller"),
@@ -141,6 +172,8 @@ def test_control_without_advertised_address(nat_lab) -> None:
         stats = ua.rtp_stats()
         assert stats and stats[-1][0] > 0 and stats[-1][1] == 0, \
             f"{ua.config.user}: RTP tx/rx {stats}"
+    for ua in (a, b):  # their BYEs to 10.0.0.10 are retransmitted for 32 s: don't wait
+        ua.stop(timeout=0.3)
 
 
 def with_sip_pings(seed: str) -> str:
