@@ -222,6 +222,7 @@ def test_sip_pings_name_the_public_address(nat_lab) -> None:
                                   "iifname", "wan0", "ip", "saddr", wan, "drop"])
     wait_until(lambda: not [r for r in server.registrations() if r.aor == "ua1"], 8.0, 0.2,
                "the unanswered contact to be removed")
+    ua.stop(timeout=0.3)  # its un-REGISTER cannot get through any more: don't wait
 
 
 def test_pjsua2_hold_resume_behind_1to1_nat(nat_lab) -> None:
