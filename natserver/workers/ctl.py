@@ -36,6 +36,7 @@ from natserver.context import Context
 from natserver.stats import COUNTER_NAMES
 from natserver.workers import plan
 from natserver.workers.base import IDLE_WAIT, Child
+from natserver.workers.unixsock import UnixSocketInUse, listen_unix
 
 log = logging.getLogger("natserver.ctl")
 
@@ -129,31 +130,12 @@ def _open_fifo(path: str) -> tuple[int, int]:
 
 
 def _listen_unix(path: str) -> socket.socket:
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
-        try:
-            probe.connect(path)
-        except OSError:
-            pass  # nobody listens: a stale socket file
-        else:
-            raise CtlError(f"ctl socket {path} is in use by a running server")
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            raise CtlError(f"cannot remove stale ctl socket {path}: {exc.strerror}") from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, SOCKET_MODE)
-        sock.listen(16)
+        return listen_unix(path, backlog=16, mode=SOCKET_MODE)
+    except UnixSocketInUse:
+        raise CtlError(f"ctl socket {path} is in use by a running server") from None
     except OSError as exc:
-        sock.close()
         raise CtlError(f"cannot create ctl socket {path}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 # ---- commands ------------------------------------------------------------------------

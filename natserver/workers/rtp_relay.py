@@ -50,6 +50,7 @@ from natserver.rtp.engine import Engine
 from natserver.rtp.ports import PortTable, relay_slices
 from natserver.rtp.session import LatchMode, LatchPolicy, Session, find, split_tag
 from natserver.rtp.store import TABLE_NAME, ShmStore, fold_counters, same_signalling
+from natserver.workers.unixsock import UnixSocketInUse, listen_unix
 
 if TYPE_CHECKING:
     from natserver.context import Context
@@ -167,32 +168,13 @@ def open_control(text: str) -> Control | None:
 
 
 def _listen_unix(path: str) -> socket.socket:
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(0.5)
-        try:
-            probe.connect(path)
-        except OSError:
-            pass  # nobody listens: a stale socket file
-        else:
-            raise ControlInUse(f"rtpproxy control socket {path} is in use (another rtpproxy?)")
-        finally:
-            probe.close()
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            raise PlaneError(f"cannot remove stale control socket {path}: {exc.strerror}") \
-                from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
-        os.chmod(path, SOCKET_MODE)
-        sock.listen(128)
+        return listen_unix(path, backlog=128, mode=SOCKET_MODE)
+    except UnixSocketInUse:
+        raise ControlInUse(f"rtpproxy control socket {path} is in use (another rtpproxy?)") \
+            from None
     except OSError as exc:
-        sock.close()
         raise PlaneError(f"cannot create control socket {path}: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
 
 
 def open_plane(*, count: int, port_min: int, port_max: int, ip: str, advertise: str,
