@@ -232,21 +232,29 @@ class KamailioServer:
 
 
 def _tree_cpu(pid: int) -> float:
+    return sum(user + system for user, system in tree_cpu_by_title(pid).values())
+
+
+def tree_cpu_by_title(pid: int) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds of ``pid`` and its descendants, summed per process
+    title (``natserver: sip worker 1/2`` ...)."""
     if not pid:
-        return 0.0
+        return {}
     try:
         main = psutil.Process(pid)
         procs = [main, *main.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
+        return {}
+    out: dict[str, tuple[float, float]] = {}
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            title = " ".join(p.cmdline()).strip() or p.name()
         except psutil.NoSuchProcess:
             continue
-    return total
+        user, system = out.get(title, (0.0, 0.0))
+        out[title] = (user + t.user, system + t.system)
+    return out
 
 
 def _md5(text: str) -> str:

@@ -510,7 +510,7 @@ def e2e(scenarios: list[str], children: int, rates: dict[str, float], count: int
         repeat: int) -> None:
     import subprocess
 
-    from loadtest.compare import NatserverProc, generator
+    from loadtest.compare import NatserverProc, generator, tree_cpu_by_title
     from loadtest.scenarios.common import rule_users
 
     if os.geteuid() != 0:
@@ -533,23 +533,35 @@ def e2e(scenarios: list[str], children: int, rates: dict[str, float], count: int
             rate = rates[scenario]
             per_run: list[float] = []
             marginal: list[float] = []
+            by_process: list[tuple[dict, dict, int]] = []
             for _ in range(repeat):
                 used = {}
                 for n in (count // 5, count):
                     c0 = server.cpu_seconds()
+                    by0 = tree_cpu_by_title(server.proc.pid if server.proc else 0)
                     doc = generator(netns, server, scenario, *base, *extra, "-r", f"{rate:g}",
                                     "-m", str(n))
                     used[n] = (server.cpu_seconds() - c0, doc["summary"]["ok"])
+                    by1 = tree_cpu_by_title(server.proc.pid if server.proc else 0)
                     if doc["summary"]["ok"] < n * 0.99:
                         print(f"  warning: {scenario} {doc['summary']['ok']} of {n} ok: "
                               f"{doc.get('causes')}")
                 (c_small, ok_small), (c_big, ok_big) = used[count // 5], used[count]
+                by_process.append((by0, by1, max(ok_big, 1)))
                 per_run.append(c_big / max(ok_big, 1) * 1000)
                 marginal.append((c_big - c_small) / max(ok_big - ok_small, 1) * 1000)
             print(f"{scenario} at {rate:g}/s, {count} per run, best of {repeat}: "
                   f"run {min(per_run):.3f} CPU-s per 1,000 (all runs "
                   f"{', '.join(f'{v:.3f}' for v in per_run)}), marginal "
                   f"{min(marginal):.3f} (all {', '.join(f'{v:.3f}' for v in marginal)})")
+            # where the server's CPU went in the best run: per process, user and kernel
+            by0, by1, ok = by_process[per_run.index(min(per_run))]
+            for title in sorted(by1):
+                u0, s0 = by0.get(title, (0.0, 0.0))
+                du, ds = by1[title][0] - u0, by1[title][1] - s0
+                if du + ds > 0.0005 * ok:
+                    print(f"    {title:<40} user {du / ok * 1000:6.3f}  "
+                          f"system {ds / ok * 1000:6.3f} CPU-s per 1,000")
         print(f"load average {os.getloadavg()[0]:.2f}")
     finally:
         server.stop()
