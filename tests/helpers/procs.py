@@ -7,7 +7,6 @@ supervisor's pid.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
@@ -19,13 +18,11 @@ from pathlib import Path
 import orjson
 import psutil
 
-from tests.helpers.server import ROOT, Netns, Server, need_root
+from tests.helpers.server import ENV, Netns, Server, need_root
 
 __all__ = ["NatServer", "Netns", "SyslogSink", "cfg_text", "ctl", "need_root", "title_of",
            "wait_gone"]
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 
 
 def cfg_text(*, children: int = 2, fifo: str = "", extra: str = "", modules: str = "",
@@ -63,12 +60,8 @@ class NatServer(Server):
     """``python -m tests.helpers.probe -f CFG ARGS`` inside ``ns``, stderr collected."""
 
     def __init__(self, ns: Netns, cfg: str, tmp: Path, *, args: tuple[str, ...] = ("-D", "-E"),
-                 name: str = "natserver.cfg") -> None:
-        super().__init__(ns, cfg, tmp, module="tests.helpers.probe", args=args, name=name)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+                 name: str = "natserver.cfg", module: str = "tests.helpers.probe") -> None:
+        super().__init__(ns, cfg, tmp, module=module, args=args, name=name)
 
     def wait_log(self, pattern: str, timeout: float = 5.0, count: int = 1) -> list[re.Match[str]]:
         deadline = time.monotonic() + timeout
@@ -80,36 +73,6 @@ class NatServer(Server):
             if time.monotonic() > deadline:
                 raise AssertionError(f"{count} x {pattern!r} not logged:\n" + self.log_text()[-5000:])
             time.sleep(0.02)
-
-    def children(self) -> dict[str, int]:
-        """Title -> pid of every live child of the supervisor."""
-        out = {}
-        try:
-            kids = psutil.Process(self.pid).children()
-        except psutil.Error:
-            return {}
-        for kid in kids:
-            try:
-                if kid.status() == psutil.STATUS_ZOMBIE:
-                    continue
-            except psutil.Error:
-                continue  # gone between the listing and the look
-            title = title_of(kid.pid)
-            if title:
-                out[title] = kid.pid
-        return out
-
-    def wait_child(self, title: str, *, not_pid: int = 0, timeout: float = 1.0) -> int:
-        """The pid of the child titled ``title`` (other than ``not_pid``) once it runs."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pid = self.children().get(title, 0)
-            if pid and pid != not_pid:
-                return pid
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {title!r} within {timeout} s: {self.children()}\n"
-                                     + self.log_text()[-3000:])
-            time.sleep(0.01)
 
     def ctl(self, *args: str, json: bool = False, check: bool = True) -> subprocess.CompletedProcess:
         return ctl("-f", str(self.cfg_path), *(("--json",) if json else ()), *args, check=check)

@@ -10,24 +10,18 @@ parallel tests.
 from __future__ import annotations
 
 import os
-import re
 import select
-import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import orjson
-import psutil
 
-from tests.helpers.server import ROOT, Netns
+from tests.helpers.server import ENV, Netns, Proc
 
-ENV = dict(os.environ, PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 PAYLOAD = 160
 PORT_MIN, PORT_MAX = 30000, 30399
 
@@ -65,72 +59,6 @@ route {{
 }}
 """
     return text, control
-
-
-class Proc:
-    """A process started in ``ns`` with its stderr collected."""
-
-    def __init__(self, ns: Netns, argv: list[str], cwd: Path, ready: str) -> None:
-        self.ns = ns
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(ns.cmd(*argv), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True, env=ENV, cwd=str(cwd))
-        self._ready_rx = re.compile(ready)
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            if self._ready_rx.search(line):
-                self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self, timeout: float = 15.0) -> None:
-        if not self._ready.wait(timeout) or self.proc.poll() is not None:
-            self.stop()
-            raise AssertionError("did not start:\n" + "\n".join(self.lines[-40:]))
-
-    def log_text(self) -> str:
-        return "\n".join(self.lines)
-
-    def children(self) -> dict[str, int]:
-        out = {}
-        try:
-            kids = psutil.Process(self.proc.pid).children()
-        except psutil.Error:
-            return {}
-        for kid in kids:
-            try:
-                if kid.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                out[" ".join(kid.cmdline()).strip()] = kid.pid
-            except psutil.Error:
-                continue
-        return out
-
-    def wait_child(self, title: str, *, not_pid: int = 0, timeout: float = 3.0) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            pid = self.children().get(title, 0)
-            if pid and pid != not_pid:
-                return pid
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {title!r}: {self.children()}\n" + self.log_text()[-3000:])
-            time.sleep(0.01)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(2)
-        return self.proc.returncode
 
 
 def start_natserver(ns: Netns, cfg: str, tmp: Path) -> Proc:

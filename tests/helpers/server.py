@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,27 +90,20 @@ class Netns:
 
 
 LISTEN_RE = re.compile(r"listening on udp:([0-9.]+):(\d+)")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1",
+           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
 
 
-class Server:
-    """``python -m MODULE -f CFG ARGS`` (natserver, ``-D -E``) inside ``ns`` from a cfg
-    text, its stderr collected; ``wait_ready`` reads the listen address from it."""
+class Proc:
+    """A process started inside ``ns`` (``ip netns exec`` execs in place, so ``pid`` is
+    the process itself), its stderr collected; ready once a line matches ``ready``."""
 
-    def __init__(self, ns: Netns, cfg_text: str, tmp: Path, *, extra_args: tuple[str, ...] = (),
-                 module: str = "natserver", args: tuple[str, ...] = ("-D", "-E"),
-                 name: str = "natserver.cfg") -> None:
+    def __init__(self, ns: Netns, argv: list[str], cwd: Path, ready: str) -> None:
         self.ns = ns
-        self.tmp = tmp
-        self.cfg_path = tmp / name
-        self.cfg_path.write_text(cfg_text)
         self.lines: list[str] = []
-        self.host = ""
-        self.port = 0
-        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-        env = dict(os.environ, PYTHONPATH=path, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            ns.cmd(sys.executable, "-m", module, "-f", str(self.cfg_path), *args, *extra_args),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=str(tmp))
+        self._ready_rx = re.compile(ready)
+        self.proc = subprocess.Popen(ns.cmd(*argv), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True, env=ENV, cwd=str(cwd))
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -118,21 +112,25 @@ class Server:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
-            found = LISTEN_RE.search(line)
-            if found and not self._ready.is_set():
-                self.host, self.port = found.group(1), int(found.group(2))
-                self._ready.set()
+            if not self._ready.is_set():
+                found = self._ready_rx.search(line)
+                if found:
+                    self._on_ready(found)
+                    self._ready.set()
         self._ready.set()
 
-    def wait_ready(self, timeout: float = 15.0) -> Server:
-        if not self._ready.wait(timeout) or not self.port:
+    def _on_ready(self, found: re.Match[str]) -> None:
+        """The ready line: a subclass reads what it needs from it."""
+
+    def wait_ready(self, timeout: float = 15.0) -> Proc:
+        if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
-            raise AssertionError("natserver did not start:\n" + "\n".join(self.lines[-40:]))
+            raise AssertionError("did not start:\n" + "\n".join(self.lines[-40:]))
         return self
 
     @property
-    def addr(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def pid(self) -> int:
+        return self.proc.pid
 
     def log_text(self) -> str:
         return "\n".join(self.lines)
@@ -148,6 +146,36 @@ class Server:
             time.sleep(0.02)
         raise AssertionError(f"no log line matching {pattern!r}:\n" + self.log_text()[-4000:])
 
+    def children(self) -> dict[str, int]:
+        """Title -> pid of every live (not zombie) child."""
+        out = {}
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.Error:
+            return {}
+        for kid in kids:
+            try:
+                if kid.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                title = " ".join(kid.cmdline()).strip()
+            except psutil.Error:
+                continue  # gone between the listing and the look
+            if title:
+                out[title] = kid.pid
+        return out
+
+    def wait_child(self, title: str, *, not_pid: int = 0, timeout: float = 1.0) -> int:
+        """The pid of the child titled ``title`` (other than ``not_pid``) once it runs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pid = self.children().get(title, 0)
+            if pid and pid != not_pid:
+                return pid
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {title!r} within {timeout} s: {self.children()}\n"
+                                     + self.log_text()[-3000:])
+            time.sleep(0.01)
+
     def alive(self) -> bool:
         return self.proc.poll() is None
 
@@ -161,3 +189,32 @@ class Server:
                 self.proc.wait()
         self._reader.join(2)
         return self.proc.returncode
+
+
+class Server(Proc):
+    """``python -m MODULE -f CFG ARGS`` (natserver, ``-D -E``) inside ``ns`` from a cfg
+    text; ``wait_ready`` reads the listen address from its stderr."""
+
+    def __init__(self, ns: Netns, cfg_text: str, tmp: Path, *, extra_args: tuple[str, ...] = (),
+                 module: str = "natserver", args: tuple[str, ...] = ("-D", "-E"),
+                 name: str = "natserver.cfg") -> None:
+        self.tmp = tmp
+        self.cfg_path = tmp / name
+        self.cfg_path.write_text(cfg_text)
+        self.host = ""
+        self.port = 0
+        super().__init__(ns, [sys.executable, "-m", module, "-f", str(self.cfg_path), *args,
+                              *extra_args], tmp, LISTEN_RE.pattern)
+
+    def _on_ready(self, found: re.Match[str]) -> None:
+        self.host, self.port = found.group(1), int(found.group(2))
+
+    def wait_ready(self, timeout: float = 15.0) -> Server:
+        if not self._ready.wait(timeout) or not self.port:
+            self.stop()
+            raise AssertionError("natserver did not start:\n" + "\n".join(self.lines[-40:]))
+        return self
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)

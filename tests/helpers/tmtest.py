@@ -12,14 +12,12 @@ available (as tests/helpers/probe.py does); in-process tests call :func:`install
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import threading
 from pathlib import Path
 
 from natserver.modules import Function, Module, as_bytes, as_str
 from natserver.script.runtime import Branch
-from tests.helpers.procs import ENV, NatServer, Netns
+from tests.helpers.procs import NatServer, Netns
 
 
 class TmTest(Module):
@@ -69,21 +67,7 @@ class ProxyServer(NatServer):
     """NatServer (tests/helpers/procs.py) running ``python -m tests.helpers.tmtest``."""
 
     def __init__(self, ns: Netns, cfg: str, tmp: Path) -> None:
-        self.ns = ns
-        self.tmp = tmp
-        self.cfg_path = tmp / "natserver.cfg"
-        self.cfg_path.write_text(cfg)
-        self.lines: list[str] = []
-        self.host = ""
-        self.port = 0
-        self.proc = subprocess.Popen(
-            ns.cmd(sys.executable, "-m", "tests.helpers.tmtest", "-f", str(self.cfg_path),
-                   "-D", "-E"),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV,
-            cwd=str(tmp))
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        super().__init__(ns, cfg, tmp, module="tests.helpers.tmtest")
 
 
 if __name__ == "__main__":
