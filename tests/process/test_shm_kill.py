@@ -169,6 +169,7 @@ def test_killed_lock_holder_does_not_block_others(tmp_path):
     table.put(b"hot", counter.pack(41))
     held_r, held_w = os.pipe()
     done_r, done_w = os.pipe()
+    started_r, started_w = os.pipe()
 
     def hold_forever() -> None:
         def fn(old: bytes | None) -> bytes:
@@ -180,6 +181,7 @@ def test_killed_lock_holder_does_not_block_others(tmp_path):
 
     def contend() -> None:
         start = time.monotonic()
+        os.write(started_w, b"S")  # the parent times its exclusion window from here
         table.update(b"hot", lambda old: counter.pack(counter.unpack(old)[0] + 1))
         os.write(done_w, struct.pack("<d", time.monotonic() - start))
 
@@ -191,6 +193,7 @@ def test_killed_lock_holder_does_not_block_others(tmp_path):
         lock = table._lock_base + zlib.crc32(b"hot") % table.stripes  # documented hash
         assert locks.holder(lock) == holder
         contender = fork(contend)
+        assert select.select([started_r], [], [], WAIT)[0] and os.read(started_r, 1) == b"S"
         assert not select.select([done_r], [], [], 0.3)[0], "the lock did not exclude"
         os.kill(holder, signal.SIGKILL)
         os.waitpid(holder, 0)
@@ -208,7 +211,7 @@ def test_killed_lock_holder_does_not_block_others(tmp_path):
         for pid in (holder, contender):
             if pid:
                 kill_and_reap(pid)
-        for fd in (held_r, held_w, done_r, done_w):
+        for fd in (held_r, held_w, done_r, done_w, started_r, started_w):
             os.close(fd)
         table.close()
         locks.close()
